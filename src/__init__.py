@@ -1,0 +1,1 @@
+"""Credit-risk MLOps: LendingClub default prediction and risk segmentation."""

@@ -1,0 +1,81 @@
+"""DataAgent: brings the raw loan file into `data/raw/` from Kaggle, a local file or the generator."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+from src.agents.base import Agent, Skill
+from src.contracts import Artifact, FetchRequest, FetchResult
+from src.pipelines.cleaning import read_header
+from src.utils.atomic import atomic_path
+from src.utils.errors import DataError
+from src.utils.hashing import content_hash
+from src.utils.logging import get_logger
+
+log = get_logger(agent="DataAgent")
+
+
+def _verify_gzip(path: Path) -> None:
+    """Read a gzip to the end so a truncated or corrupt archive fails here, not in Spark."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 20):
+                pass
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: damaged gzip archive: {exc}") from exc
+
+
+def copy_as_gzip(source: Path, target: Path) -> None:
+    """Copy a local CSV or CSV.gz to `target` (gzip), verified, atomically."""
+    if not source.is_file():
+        raise DataError(f"data.file_path: {source} does not exist")
+    read_header(source)
+    with atomic_path(target) as tmp:
+        if source.suffix == ".gz":
+            _verify_gzip(source)
+            shutil.copyfile(source, tmp)
+        else:
+            with source.open("rb") as src, gzip.open(tmp, "wb", mtime=0) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+class DataAgent(Agent):
+    """Fetch stage: one raw CSV.gz in the Kaggle layout at `data.raw_path`."""
+
+    skills = (Skill("fetch", FetchRequest, FetchResult, "fetch"),)
+
+    def fetch(self, request: FetchRequest) -> FetchResult:
+        data = self.cfg.data
+        target = self.cfg.path(data.raw_path)
+        log.info("fetch.source", source=request.source, reason=request.reason)
+        if request.source == "file":
+            source = self.cfg.path(data.file_path)
+            copy_as_gzip(source, target)
+            origin = str(data.file_path)
+        elif request.source == "synthetic":
+            from src.pipelines.synthetic import write_synthetic_loans
+
+            syn = data.synthetic
+            with atomic_path(target) as tmp:
+                write_synthetic_loans(
+                    tmp,
+                    rows=syn.rows,
+                    seed=self.cfg.seed,
+                    chunk_rows=syn.chunk_rows,
+                    percent_strings=syn.percent_strings,
+                    footer_lines=syn.footer_lines,
+                    on_progress=lambda n: log.info("fetch.synthetic.progress", rows_written=n),
+                )
+            origin = f"synthetic(rows={syn.rows}, seed={self.cfg.seed})"
+        else:
+            from src.pipelines.kaggle_source import download_kaggle_file
+
+            kaggle = data.kaggle
+            download_kaggle_file(kaggle.dataset, kaggle.file_name, target, kaggle.min_bytes)
+            origin = f"kaggle:{kaggle.dataset}/{kaggle.file_name}"
+        raw = Artifact(path=str(data.raw_path), sha256=content_hash(target))
+        size = target.stat().st_size
+        log.info("fetch.done", source=request.source, bytes=size, path=raw.path)
+        return FetchResult(source=request.source, origin=origin, raw=raw, bytes=size)

@@ -1,0 +1,136 @@
+"""FeatureAgent: raw loans → the processed table (prep), and the processed table → train/test (split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from src.agents.base import Agent, Skill
+from src.contracts import (
+    Artifact,
+    PrepRequest,
+    PrepResult,
+    SplitRequest,
+    SplitResult,
+    SplitSide,
+)
+from src.pipelines.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
+from src.pipelines.features import model_table
+from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.splitting import side_summary, split_by_time, split_stratified
+from src.utils.atomic import atomic_path
+from src.utils.errors import DataError
+from src.utils.hashing import content_hash
+from src.utils.logging import get_logger
+from src.utils.spark import get_spark
+
+log = get_logger(agent="FeatureAgent")
+
+
+def write_parquet(df: DataFrame, target: Path) -> None:
+    """Write `df` as parquet to `target`, replacing it only once the write is complete."""
+    with atomic_path(target) as tmp:
+        df.write.mode("overwrite").parquet(str(tmp))
+
+
+class FeatureAgent(Agent):
+    """Prep and split stages."""
+
+    skills = (
+        Skill("prep", PrepRequest, PrepResult, "prep"),
+        Skill("split", SplitRequest, SplitResult, "split"),
+    )
+
+    def _artifact(self, relative: Path, rows: int) -> Artifact:
+        return Artifact(path=str(relative), sha256=content_hash(self.cfg.path(relative)), rows=rows)
+
+    def prep(self, request: PrepRequest) -> PrepResult:
+        prep = self.cfg.prep
+        spark = get_spark(self.cfg.spark)
+        raw = read_raw(spark, self.cfg.path(request.raw.path), prep.multiline_csv)
+        rows = classify_rows(raw, prep.numeric, prep.categorical, prep.dates, prep.required)
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            by_class: dict[str, int] = {}
+            unresolved: dict[str, int] = {}
+            for r in rows.groupBy(ROW_CLASS, "loan_status").count().collect():
+                by_class[r[ROW_CLASS]] = by_class.get(r[ROW_CLASS], 0) + r["count"]
+                if r[ROW_CLASS] == "unresolved":
+                    unresolved[r["loan_status"]] = r["count"]
+            kept_rows = by_class.get("kept", 0)
+            if kept_rows == 0:
+                raise DataError(f"{request.raw.path}: no loan could be kept (row classes: {by_class})")
+            log.info("prep.classified", **by_class)
+
+            kept = rows.filter(F.col(ROW_CLASS) == "kept")
+            table = model_table(kept, prep.numeric, prep.categorical, prep.derived)
+            write_parquet(table.orderBy(KEY_COLUMN), self.cfg.path(prep.processed_path))
+            rejected = rows.filter(F.col(ROW_CLASS) == "rejected").select(
+                KEY_COLUMN, F.col(REASON).alias("reason"), "loan_status",
+                *[c for c in rows.columns if c.startswith("raw_")],
+            )
+            write_parquet(rejected.orderBy(KEY_COLUMN), self.cfg.path(prep.rejected_path))
+            if by_class.get("rejected"):
+                top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(5).collect()
+                log.warning("prep.rejected", rows=by_class["rejected"],
+                            top_reasons={r["reason"]: r["count"] for r in top})
+            written = spark.read.parquet(str(self.cfg.path(prep.processed_path)))
+            filled = written.agg(
+                F.sum(LABEL_COLUMN).alias(LABEL_COLUMN),
+                *[F.count(c).alias(c) for c in prep.feature_columns],
+            ).first()
+            defaults = filled[LABEL_COLUMN] or 0
+            empty = [c for c in prep.feature_columns if filled[c] == 0]
+        finally:
+            rows.unpersist()
+        if empty:
+            log.warning("prep.empty_columns", columns=empty)
+        result = PrepResult(
+            processed=self._artifact(prep.processed_path, kept_rows),
+            rejected=self._artifact(prep.rejected_path, by_class.get("rejected", 0)),
+            input_rows=sum(by_class.values()),
+            footer_rows=by_class.get("footer", 0),
+            unresolved_rows=unresolved,
+            rejected_rows=by_class.get("rejected", 0),
+            kept_rows=kept_rows,
+            default_share=round(defaults / kept_rows, 6),
+            feature_columns=prep.feature_columns,
+            missing_columns=empty,
+        )
+        log.info("prep.done", kept_rows=kept_rows, default_share=result.default_share,
+                 footer_rows=result.footer_rows, rejected_rows=result.rejected_rows,
+                 unresolved_rows=sum(unresolved.values()))
+        return result
+
+    def split(self, request: SplitRequest) -> SplitResult:
+        split = self.cfg.split
+        spark = get_spark(self.cfg.spark)
+        loans = spark.read.parquet(str(self.cfg.path(request.processed.path)))
+        cutoff = None
+        if split.method == "stratified":
+            train, test = split_stratified(loans, split.test_fraction, self.cfg.seed)
+        else:
+            train, test, cutoff = split_by_time(loans, split.test_fraction)
+        write_parquet(train.orderBy(KEY_COLUMN), self.cfg.path(split.train_path))
+        write_parquet(test.orderBy(KEY_COLUMN), self.cfg.path(split.test_path))
+        # Summaries from what was written, so the report describes the files themselves.
+        train_side = SplitSide(**side_summary(spark.read.parquet(str(self.cfg.path(split.train_path)))))
+        test_side = SplitSide(**side_summary(spark.read.parquet(str(self.cfg.path(split.test_path)))))
+        if train_side.rows == 0 or test_side.rows == 0:
+            raise DataError(f"split: an empty side (train {train_side.rows}, test {test_side.rows})")
+        log.info("split.done", method=split.method, train_rows=train_side.rows,
+                 test_rows=test_side.rows, train_default_share=train_side.default_share,
+                 test_default_share=test_side.default_share,
+                 time_cutoff=str(cutoff) if cutoff else None)
+        return SplitResult(
+            method=split.method,
+            seed=self.cfg.seed,
+            train=self._artifact(split.train_path, train_side.rows),
+            test=self._artifact(split.test_path, test_side.rows),
+            train_side=train_side,
+            test_side=test_side,
+            time_cutoff=str(cutoff) if cutoff else None,
+        )

@@ -1,0 +1,185 @@
+"""Typed messages between the supervisor and the agents: one request and one result per stage.
+
+A result is written to `reports/<stage>.json`; the next stage's request is built from it and checked
+against the artifacts on disk, so a stale or foreign upstream result fails early and clearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Artifact(Message):
+    """A file or folder a stage produced, with its content hash."""
+
+    path: str = Field(description="path relative to the project root")
+    sha256: str
+    rows: int | None = None
+
+
+class StageResult(Message):
+    """Fields every result carries; the supervisor fills the run fields."""
+
+    stage: str
+    run_id: str = ""
+    finished_at: datetime | None = None
+    duration_s: float = 0.0
+
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact this result names, however deeply nested, for staleness checks."""
+        return list(_find_artifacts(self))
+
+
+def _find_artifacts(value: object) -> Iterator[Artifact]:
+    if isinstance(value, Artifact):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _find_artifacts(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _find_artifacts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _find_artifacts(item)
+
+
+# --- fetch ---------------------------------------------------------------------------------------
+
+
+class FetchRequest(Message):
+    source: Literal["kaggle", "file", "synthetic"]
+    reason: str = Field(description="why this source was chosen (auto resolves at request time)")
+
+
+class FetchResult(StageResult):
+    stage: Literal["fetch"] = "fetch"
+    source: Literal["kaggle", "file", "synthetic"]
+    origin: str = Field(description="dataset slug, input file or generator settings")
+    raw: Artifact
+    bytes: int
+
+
+# --- prep ----------------------------------------------------------------------------------------
+
+
+class PrepRequest(Message):
+    raw: Artifact
+
+
+class PrepResult(StageResult):
+    stage: Literal["prep"] = "prep"
+    processed: Artifact
+    rejected: Artifact
+    input_rows: int = Field(description="data lines read, footers included")
+    footer_rows: int
+    unresolved_rows: dict[str, int] = Field(description="loans without an outcome, by loan_status")
+    rejected_rows: int
+    kept_rows: int
+    default_share: float
+    feature_columns: list[str]
+    missing_columns: list[str] = Field(description="allowlisted columns empty in this input")
+
+
+# --- split ---------------------------------------------------------------------------------------
+
+
+class SplitRequest(Message):
+    processed: Artifact
+
+
+class SplitSide(Message):
+    rows: int
+    defaults: int
+    default_share: float
+    first_issue_d: str | None
+    last_issue_d: str | None
+
+
+class SplitResult(StageResult):
+    stage: Literal["split"] = "split"
+    method: Literal["stratified", "time"]
+    seed: int
+    train: Artifact
+    test: Artifact
+    train_side: SplitSide
+    test_side: SplitSide
+    time_cutoff: str | None = None
+
+
+# --- train_sup -----------------------------------------------------------------------------------
+
+
+class TrainSupRequest(Message):
+    train: Artifact
+    test: Artifact
+
+
+class ModelMetrics(Message):
+    auc_roc: float
+    auc_pr: float
+    log_loss: float
+
+
+class TrainedModel(Message):
+    name: str = Field(description="random_forest | gbt | mlp")
+    run_id: str = Field(description="MLflow run id")
+    model_uri: str = Field(description="MLflow URI of the logged Spark model")
+    path: Artifact = Field(description="Spark PipelineModel saved under models/supervised/<name>/")
+    feature_spec: Artifact
+    validation_predictions: Artifact = Field(
+        description="loan_key, default, probability of the validation slice of the training split"
+    )
+    params: dict[str, float | int | str | list[int]]
+    validation: ModelMetrics
+    test: ModelMetrics
+    train_seconds: float
+
+
+class TrainSupResult(StageResult):
+    stage: Literal["train_sup"] = "train_sup"
+    train_data_sha256: str
+    git_commit: str | None
+    experiment: str
+    models: dict[str, TrainedModel]
+
+
+# --- train_unsup ---------------------------------------------------------------------------------
+
+
+class SegmentProfile(Message):
+    band: str
+    cluster: int
+    size: int
+    default_rate: float
+    feature_means: dict[str, float]
+
+
+class SegmentationModel(Message):
+    name: str = Field(description="kmeans | gmm")
+    run_id: str
+    model_uri: str
+    k: int
+    selection: dict[int, float] = Field(description="score of each k tried (silhouette or BIC)")
+    path: Artifact
+    params_file: Artifact = Field(description="JSON of centres / weights, means, covariances")
+    segments: list[SegmentProfile]
+
+
+class TrainUnsupRequest(Message):
+    train: Artifact
+
+
+class TrainUnsupResult(StageResult):
+    stage: Literal["train_unsup"] = "train_unsup"
+    serving_model: str
+    models: dict[str, SegmentationModel]
+    profile_plot: str

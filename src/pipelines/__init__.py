@@ -1,0 +1,1 @@
+"""Spark logic of the pipeline (cleaning, features, models, metrics), free of orchestration."""

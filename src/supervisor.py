@@ -1,0 +1,247 @@
+"""The supervisor: builds each stage's request from upstream results, runs the agent, retries transient faults.
+
+    python -m src.supervisor run STAGE|all     python -m src.supervisor agents
+    python -m src.supervisor status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dotenv import load_dotenv
+from pydantic import ValidationError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from src.agents.base import Agent, Skill
+from src.agents.data_agent import DataAgent
+from src.agents.feature_agent import FeatureAgent
+from src.contracts import (
+    FetchRequest,
+    Message,
+    PrepRequest,
+    SplitRequest,
+    StageResult,
+)
+from src.utils.atomic import atomic_write_json
+from src.utils.config import Config, load_config
+from src.utils.errors import PermanentError, PipelineError, StaleUpstreamError, TransientError
+from src.utils.hashing import content_hash
+from src.utils.logging import bind_context, clear_context, configure_logging, get_logger
+
+log = get_logger(component="supervisor")
+
+Upstream = dict[str, StageResult]
+
+
+def _fetch_request(cfg: Config, _: Upstream) -> FetchRequest:
+    source = cfg.data.source
+    if source != "auto":
+        return FetchRequest(source=source, reason="data.source in params.yaml")
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return FetchRequest(source="kaggle", reason="auto: Kaggle credentials are set")
+    return FetchRequest(source="synthetic", reason="auto: no Kaggle credentials, embedded synthetic data")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: the agent that runs it, the stages it reads, how its request is built."""
+
+    name: str
+    agent: type[Agent]
+    upstream: tuple[str, ...]
+    build_request: Callable[[Config, Upstream], Message]
+
+    @property
+    def skill(self) -> Skill:
+        return next(s for s in self.agent.skills if s.stage == self.name)
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("fetch", DataAgent, (), _fetch_request),
+        Stage("prep", FeatureAgent, ("fetch",), lambda _, up: PrepRequest(raw=up["fetch"].raw)),
+        Stage(
+            "split", FeatureAgent, ("prep",), lambda _, up: SplitRequest(processed=up["prep"].processed)
+        ),
+    )
+}
+
+
+def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResult:
+    """Read and validate `reports/<stage>.json`; with `verify`, check its artifacts still match."""
+    stage = STAGES[stage_name]
+    path = cfg.report_path(stage_name)
+    if not path.is_file():
+        raise StaleUpstreamError(f"{path}: no result of stage '{stage_name}'; run it first")
+    try:
+        result = stage.skill.result.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StaleUpstreamError(f"{path}: not a valid {stage_name} result: {where}: {first['msg']}") from exc
+    if verify:
+        for artifact in result.artifacts():
+            target = cfg.path(artifact.path)
+            if not target.exists():
+                raise StaleUpstreamError(f"{path}: artifact {artifact.path} is missing; rerun '{stage_name}'")
+            if content_hash(target) != artifact.sha256:
+                raise StaleUpstreamError(
+                    f"{path}: artifact {artifact.path} changed since '{stage_name}' ran; rerun it"
+                )
+    return result
+
+
+def _is_transient(exc: BaseException) -> bool:
+    # Plain network exceptions from libraries count as transient too; anything of ours says which it is.
+    if isinstance(exc, PipelineError):
+        return isinstance(exc, TransientError)
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "stage.retry",
+        attempt=state.attempt_number,
+        error=str(exc),
+        error_type=type(exc).__name__,
+        sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
+    )
+
+
+def run_stage(cfg: Config, stage_name: str, run_id: str) -> StageResult:
+    """Build the request from upstream results, run the agent with retries, write the result report."""
+    stage = STAGES[stage_name]
+    bind_context(run_id=run_id, stage=stage_name, agent=stage.agent.__name__)
+    upstream = {name: load_result(cfg, name) for name in stage.upstream}
+    request = stage.build_request(cfg, upstream)
+    agent = stage.agent(cfg)
+    retry = cfg.supervisor.retry
+    started = time.perf_counter()
+    for attempt in Retrying(
+        stop=stop_after_attempt(retry.attempts),
+        wait=wait_exponential(multiplier=retry.backoff_initial_s, max=retry.backoff_max_s),
+        retry=retry_if_exception(_is_transient),
+        before_sleep=_log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            number = attempt.retry_state.attempt_number
+            bind_context(attempt=number)
+            attempt_started = time.perf_counter()
+            log.info("stage.start", request=request.model_dump(mode="json"))
+            try:
+                result = agent.handle(stage_name, request)
+            except Exception as exc:
+                log.warning(
+                    "stage.attempt_failed",
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    transient=_is_transient(exc),
+                    duration_s=round(time.perf_counter() - attempt_started, 3),
+                )
+                raise
+    duration = round(time.perf_counter() - started, 3)
+    result = result.model_copy(
+        update={"run_id": run_id, "duration_s": duration, "finished_at": datetime.now(UTC)}
+    )
+    atomic_write_json(cfg.report_path(stage_name), result.model_dump(mode="json"))
+    log.info("stage.done", duration_s=duration, report=str(cfg.report_path(stage_name)))
+    return result
+
+
+def run_stages(cfg: Config, names: Sequence[str], run_id: str) -> None:
+    for name in names:
+        run_stage(cfg, name, run_id)
+        clear_context()
+
+
+def _print_agents() -> None:
+    agents: dict[str, type[Agent]] = {}
+    for stage in STAGES.values():
+        agents.setdefault(stage.agent.__name__, stage.agent)
+    for name, agent in agents.items():
+        print(f"{name}: {(agent.__doc__ or '').strip().splitlines()[0]}")
+        for skill in agent.skills:
+            print(f"  {skill.stage:<12} {skill.request.__name__} -> {skill.result.__name__}")
+
+
+def _print_status(cfg: Config) -> None:
+    for name in STAGES:
+        path = cfg.report_path(name)
+        if not path.is_file():
+            print(f"{name:<12} not run")
+            continue
+        try:
+            result = load_result(cfg, name, verify=True)
+            state = "ok"
+        except StaleUpstreamError as exc:
+            result = None
+            state = f"stale: {exc}"
+        summary = json.loads(path.read_text())
+        print(f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
+              f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
+              if result else f"{name:<12} {state}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="credit-risk", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one stage, or all of them in order")
+    run.add_argument("stage", choices=[*STAGES, "all"])
+    run.add_argument("--run-id", default=None)
+    sub.add_parser("agents", help="list the agents and the contracts they take and return")
+    sub.add_parser("status", help="last result of each stage")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "agents":
+        _print_agents()
+        return 0
+    run_id = getattr(args, "run_id", None) or os.environ.get("CREDIT_RISK_RUN_ID") or uuid.uuid4().hex[:12]
+    try:
+        cfg = load_config(args.params)
+        load_dotenv(cfg.root / ".env", override=False)
+        configure_logging(cfg.path(cfg.supervisor.logs_dir) / "pipeline.jsonl")
+        if args.command == "status":
+            _print_status(cfg)
+            return 0
+        names = list(STAGES) if args.stage == "all" else [args.stage]
+        run_stages(cfg, names, run_id)
+        return 0
+    except PermanentError as exc:
+        log.error("stage.failed", error=str(exc), error_type=type(exc).__name__, transient=False)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TransientError as exc:
+        log.error("stage.failed", error=str(exc), error_type=type(exc).__name__, transient=True)
+        print(f"error (gave up after retries): {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        log.exception("stage.crashed", error=str(exc), error_type=type(exc).__name__)
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

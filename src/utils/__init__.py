@@ -1,0 +1,1 @@
+"""Shared plumbing: config, Spark session, logging, atomic I/O, hashing, errors."""

@@ -1,0 +1,224 @@
+"""The one typed configuration of the pipeline, read from `params.yaml`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from src.pipelines.raw_schema import RAW_COLUMNS, is_leaky
+from src.utils.errors import ConfigError
+
+PARAMS_ENV = "CREDIT_RISK_PARAMS"
+DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+# Inputs of each derived feature: a derived feature is allowed only when its inputs are allowlisted.
+DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
+    "credit_history_months": ("earliest_cr_line",),
+    "fico_mid": ("fico_range_low", "fico_range_high"),
+    "income_to_loan": ("annual_inc", "loan_amnt"),
+    "installment_to_income": ("installment", "annual_inc"),
+    "sub_grade_ordinal": ("sub_grade",),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KaggleConfig(Section):
+    dataset: str
+    file_name: str
+    min_bytes: int = Field(gt=0)
+
+
+class SyntheticConfig(Section):
+    rows: int = Field(gt=0)
+    chunk_rows: int = Field(gt=0)
+    percent_strings: bool
+    footer_lines: int = Field(ge=0)
+
+
+class DataConfig(Section):
+    source: Literal["auto", "kaggle", "file", "synthetic"]
+    raw_path: Path
+    file_path: Path
+    kaggle: KaggleConfig
+    synthetic: SyntheticConfig
+
+
+class PrepConfig(Section):
+    processed_path: Path
+    rejected_path: Path
+    multiline_csv: bool
+    numeric: list[str]
+    categorical: list[str]
+    dates: list[str]
+    required: list[str]
+    derived: list[str]
+
+    @model_validator(mode="after")
+    def _origination_only(self) -> PrepConfig:
+        allowed = [*self.numeric, *self.categorical, *self.dates]
+        for name in allowed:
+            if name not in RAW_COLUMNS:
+                raise ValueError(f"prep: '{name}' is not a LendingClub raw column")
+            if is_leaky(name):
+                raise ValueError(
+                    f"prep: '{name}' is filled after the loan is issued and leaks the label; "
+                    "only origination columns may be features"
+                )
+        duplicates = {n for n in allowed if allowed.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"prep: columns listed twice: {sorted(duplicates)}")
+        for name in self.required:
+            if name not in [*allowed, "issue_d"]:
+                raise ValueError(f"prep.required: '{name}' is not in the allowlist")
+        for name in self.derived:
+            if name not in DERIVED_INPUTS:
+                raise ValueError(f"prep.derived: unknown derived feature '{name}'")
+            missing = [c for c in DERIVED_INPUTS[name] if c not in allowed]
+            if missing:
+                raise ValueError(f"prep.derived: '{name}' needs {missing} in the allowlist")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Model-ready columns of the processed table (dates become derived features only)."""
+        return [*self.numeric, *self.categorical, *self.derived]
+
+
+class SplitConfig(Section):
+    method: Literal["stratified", "time"]
+    test_fraction: float = Field(gt=0, lt=1)
+    train_path: Path
+    test_path: Path
+
+
+class SparkConfig(Section):
+    master: str
+    app_name: str
+    driver_memory: str
+    shuffle_partitions: int = Field(gt=0)
+    log_level: str
+
+
+class RetryConfig(Section):
+    attempts: int = Field(ge=1)
+    backoff_initial_s: float = Field(ge=0)
+    backoff_max_s: float = Field(ge=0)
+
+
+class SupervisorConfig(Section):
+    reports_dir: Path
+    logs_dir: Path
+    retry: RetryConfig
+
+
+class MlflowConfig(Section):
+    tracking_uri: str
+    artifact_root: Path
+    experiment: str
+
+
+class FeatureSpecConfig(Section):
+    clip_quantiles: tuple[float, float]
+    min_category_count: int = Field(ge=1)
+
+
+class TrainConfig(Section):
+    models_dir: Path
+    validation_fraction: float = Field(gt=0, lt=1)
+    numeric: list[str]
+    categorical: list[str]
+    spec: FeatureSpecConfig
+    balance: bool
+    search: bool
+    models: dict[Literal["random_forest", "gbt", "mlp"], dict[str, Any]]
+    grids: dict[Literal["random_forest", "gbt", "mlp"], dict[str, list[Any]]]
+
+
+class SegmentConfig(Section):
+    models_dir: Path
+    features: list[str]
+    k_range: tuple[int, int]
+    max_iter: int = Field(gt=0)
+    risk_bands: list[str]
+    serving_model: Literal["kmeans", "gmm"]
+    profile_plot: Path
+
+    @model_validator(mode="after")
+    def _enough_bands(self) -> SegmentConfig:
+        low, high = self.k_range
+        if not 2 <= low <= high:
+            raise ValueError("segment.k_range: need 2 <= low <= high")
+        if len(self.risk_bands) < high:
+            raise ValueError(f"segment.risk_bands: {high} clusters need {high} band names")
+        return self
+
+
+class Config(Section):
+    root: Path
+    seed: int
+    data: DataConfig
+    prep: PrepConfig
+    split: SplitConfig
+    spark: SparkConfig
+    supervisor: SupervisorConfig
+    mlflow: MlflowConfig
+    train: TrainConfig
+    segment: SegmentConfig
+
+    @model_validator(mode="after")
+    def _features_come_from_prep(self) -> Config:
+        available = set(self.prep.feature_columns)
+        for section, names in (
+            ("train.numeric", self.train.numeric),
+            ("train.categorical", self.train.categorical),
+            ("segment.features", self.segment.features),
+        ):
+            unknown = [n for n in names if n not in available]
+            if unknown:
+                raise ValueError(f"{section}: {unknown} are not columns prep produces")
+        return self
+
+    def path(self, relative: Path | str) -> Path:
+        """Resolve a path of params.yaml against the project root."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    def report_path(self, stage: str) -> Path:
+        return self.path(self.supervisor.reports_dir) / f"{stage}.json"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, recursively for nested sections."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml (or $CREDIT_RISK_PARAMS) into a validated Config rooted at its folder."""
+    params = Path(path or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS).resolve()
+    if not params.is_file():
+        raise ConfigError(f"{params}: params file not found")
+    try:
+        raw = yaml.safe_load(params.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{params}: not valid YAML: {exc}") from exc
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return Config(root=params.parent, **raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise ConfigError(f"{params}: {where}: {first['msg']}") from exc

@@ -1,0 +1,30 @@
+"""The one SparkSession factory: local[*] by default, a real cluster when `spark.master` says so."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from src.utils.config import SparkConfig
+
+
+def get_spark(cfg: SparkConfig) -> SparkSession:
+    """Return the process's SparkSession, creating it from `cfg` on first use."""
+    # Bind to loopback: the machine's hostname may not resolve, and nothing here should listen outside.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
+    spark = (
+        SparkSession.builder.appName(cfg.app_name)
+        .master(cfg.master)
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark

@@ -1,0 +1,110 @@
+"""Shared fixtures: one SparkSession for the run, the real sample (or a synthetic stand-in), project folders."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from src.utils.config import deep_merge
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = Path(
+    os.environ.get("CREDIT_RISK_SAMPLE", REPO.parent / "shared" / "data" / "lendingclub_2007_2011.csv.gz")
+)
+SUBSAMPLE_ROWS = 8000
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Tests never talk to Kaggle unless a test sets fake credentials for its stub server.
+for _name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+    os.environ.pop(_name, None)
+
+_data_notes: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for note in _data_notes:
+        terminalreporter.write_line(f"DATA: {note}")
+
+
+def write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Write the repo's params.yaml, with `overrides` merged in, into project folder `root`."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_merge(params, overrides or {})
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """The one SparkSession of the test run."""
+    from src.utils.config import load_config
+    from src.utils.spark import get_spark
+
+    session = get_spark(load_config(REPO / "params.yaml").spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LendingClub sample; where it is absent, synthetic loans of the same layout (said aloud)."""
+    if REAL_SAMPLE.is_file():
+        _data_notes.append(f"real sample {REAL_SAMPLE}")
+        return REAL_SAMPLE
+    from src.pipelines.synthetic import write_synthetic_loans
+
+    note = f"real sample {REAL_SAMPLE} is absent: tests use synthetic loans of the same layout"
+    warnings.warn(note, stacklevel=1)
+    _data_notes.append(note)
+    path = tmp_path_factory.mktemp("synthetic") / "loans.csv.gz"
+    write_synthetic_loans(path, rows=42535, seed=7, chunk_rows=20000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def subsample_path(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A deterministic real subsample (every k-th loan) of about SUBSAMPLE_ROWS loans."""
+    with gzip.open(sample_path, "rt", newline="") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    step = max(1, len(body) // SUBSAMPLE_ROWS)
+    path = tmp_path_factory.mktemp("subsample") / "loans.csv.gz"
+    with gzip.open(path, "wt", newline="") as out:
+        out.write(header)
+        out.writelines(body[::step][:SUBSAMPLE_ROWS])
+    return path
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Any]:
+    """Factory: a project folder under tmp_path with params overrides; returns its Config."""
+    from src.utils.config import load_config
+
+    def factory(overrides: dict[str, Any] | None = None, name: str = "project") -> Any:
+        return load_config(write_params(tmp_path / name, overrides))
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def split_project(subsample_path: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A project where fetch → prep → split ran on the real subsample; returns its Config."""
+    from src.supervisor import run_stages
+    from src.utils.config import load_config
+
+    root = tmp_path_factory.mktemp("split_project")
+    cfg = load_config(write_params(root, {"data": {"source": "file", "file_path": str(subsample_path)}}))
+    run_stages(cfg, ["fetch", "prep", "split"], run_id="test-split")
+    return cfg
