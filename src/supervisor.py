@@ -1,7 +1,7 @@
-"""The supervisor: builds each stage's request from upstream results, runs the agent, retries transient faults.
+"""The supervisor: builds each request from upstream results, runs the agent, retries faults.
 
-    python -m src.supervisor run STAGE|all     python -m src.supervisor agents
-    python -m src.supervisor status
+python -m src.supervisor run STAGE|all     python -m src.supervisor agents
+python -m src.supervisor status
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _fetch_request(cfg: Config, _: Upstream) -> FetchRequest:
         return FetchRequest(source=source, reason="data.source in params.yaml")
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return FetchRequest(source="kaggle", reason="auto: Kaggle credentials are set")
-    return FetchRequest(source="synthetic", reason="auto: no Kaggle credentials, embedded synthetic data")
+    return FetchRequest(
+        source="synthetic", reason="auto: no Kaggle credentials, embedded synthetic data"
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,10 @@ STAGES: dict[str, Stage] = {
         Stage("fetch", DataAgent, (), _fetch_request),
         Stage("prep", FeatureAgent, ("fetch",), lambda _, up: PrepRequest(raw=up["fetch"].raw)),
         Stage(
-            "split", FeatureAgent, ("prep",), lambda _, up: SplitRequest(processed=up["prep"].processed)
+            "split",
+            FeatureAgent,
+            ("prep",),
+            lambda _, up: SplitRequest(processed=up["prep"].processed),
         ),
     )
 }
@@ -94,12 +99,16 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise StaleUpstreamError(f"{path}: not a valid {stage_name} result: {where}: {first['msg']}") from exc
+        raise StaleUpstreamError(
+            f"{path}: not a valid {stage_name} result: {where}: {first['msg']}"
+        ) from exc
     if verify:
         for artifact in result.artifacts():
             target = cfg.path(artifact.path)
             if not target.exists():
-                raise StaleUpstreamError(f"{path}: artifact {artifact.path} is missing; rerun '{stage_name}'")
+                raise StaleUpstreamError(
+                    f"{path}: artifact {artifact.path} is missing; rerun '{stage_name}'"
+                )
             if content_hash(target) != artifact.sha256:
                 raise StaleUpstreamError(
                     f"{path}: artifact {artifact.path} changed since '{stage_name}' ran; rerun it"
@@ -108,7 +117,7 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
 
 
 def _is_transient(exc: BaseException) -> bool:
-    # Plain network exceptions from libraries count as transient too; anything of ours says which it is.
+    # Library network exceptions count as transient too; our own errors say which they are.
     if isinstance(exc, PipelineError):
         return isinstance(exc, TransientError)
     return isinstance(exc, (ConnectionError, TimeoutError))
@@ -126,7 +135,7 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def run_stage(cfg: Config, stage_name: str, run_id: str) -> StageResult:
-    """Build the request from upstream results, run the agent with retries, write the result report."""
+    """Build the request from upstream results, run the agent with retries, write the report."""
     stage = STAGES[stage_name]
     bind_context(run_id=run_id, stage=stage_name, agent=stage.agent.__name__)
     upstream = {name: load_result(cfg, name) for name in stage.upstream}
@@ -195,14 +204,19 @@ def _print_status(cfg: Config) -> None:
             result = None
             state = f"stale: {exc}"
         summary = json.loads(path.read_text())
-        print(f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
-              f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
-              if result else f"{name:<12} {state}")
+        print(
+            f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
+            f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
+            if result
+            else f"{name:<12} {state}"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit-risk", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
+    parser.add_argument(
+        "--params", type=Path, default=None, help="params file (default params.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one stage, or all of them in order")
     run.add_argument("stage", choices=[*STAGES, "all"])
@@ -218,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "agents":
         _print_agents()
         return 0
-    run_id = getattr(args, "run_id", None) or os.environ.get("CREDIT_RISK_RUN_ID") or uuid.uuid4().hex[:12]
+    run_id = (
+        getattr(args, "run_id", None)
+        or os.environ.get("CREDIT_RISK_RUN_ID")
+        or uuid.uuid4().hex[:12]
+    )
     try:
         cfg = load_config(args.params)
         load_dotenv(cfg.root / ".env", override=False)

@@ -1,4 +1,4 @@
-"""Shared fixtures: one SparkSession for the run, the real sample (or a synthetic stand-in), project folders."""
+"""Shared fixtures: one SparkSession, the real sample (or a synthetic stand-in), project folders."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ import pytest
 import yaml
 
 from src.utils.config import deep_merge
+from tests.kaggle_stub import (  # noqa: F401  (fixtures register by name)
+    kaggle_stub_fixture,
+    kaggle_stub_server_fixture,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = Path(
-    os.environ.get("CREDIT_RISK_SAMPLE", REPO.parent / "shared" / "data" / "lendingclub_2007_2011.csv.gz")
+    os.environ.get(
+        "CREDIT_RISK_SAMPLE", REPO.parent / "shared" / "data" / "lendingclub_2007_2011.csv.gz"
+    )
 )
 SUBSAMPLE_ROWS = 8000
 
@@ -59,7 +65,7 @@ def spark() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real LendingClub sample; where it is absent, synthetic loans of the same layout (said aloud)."""
+    """The real LendingClub sample; where absent, synthetic loans of its layout (said aloud)."""
     if REAL_SAMPLE.is_file():
         _data_notes.append(f"real sample {REAL_SAMPLE}")
         return REAL_SAMPLE
@@ -98,13 +104,28 @@ def make_project(tmp_path: Path) -> Callable[..., Any]:
     return factory
 
 
+@pytest.fixture(scope="module")
+def make_project_module(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """Like make_project, for module-scoped fixtures."""
+    from src.utils.config import load_config
+
+    def factory(overrides: dict[str, Any] | None = None) -> Any:
+        return load_config(write_params(tmp_path_factory.mktemp("project"), overrides))
+
+    return factory
+
+
 @pytest.fixture(scope="session")
-def split_project(subsample_path: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def split_project(
+    subsample_path: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """A project where fetch → prep → split ran on the real subsample; returns its Config."""
     from src.supervisor import run_stages
     from src.utils.config import load_config
 
     root = tmp_path_factory.mktemp("split_project")
-    cfg = load_config(write_params(root, {"data": {"source": "file", "file_path": str(subsample_path)}}))
+    cfg = load_config(
+        write_params(root, {"data": {"source": "file", "file_path": str(subsample_path)}})
+    )
     run_stages(cfg, ["fetch", "prep", "split"], run_id="test-split")
     return cfg

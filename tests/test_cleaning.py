@@ -1,4 +1,4 @@
-"""Parsing both raw formats, footers, open loans, rejects and derived features, on small DataFrames."""
+"""Both raw formats, footers, open loans, rejects and derived features, on small DataFrames."""
 
 from __future__ import annotations
 
@@ -19,12 +19,27 @@ from tests.conftest import REPO
 PREP = load_config(REPO / "params.yaml").prep
 
 KAGGLE_ROW = {
-    "id": "1077501", "loan_amnt": "5000", "term": " 36 months", "int_rate": "10.65",
-    "installment": "162.87", "grade": "B", "sub_grade": "B2", "emp_length": "10+ years",
-    "home_ownership": "RENT", "annual_inc": "24000.0", "verification_status": "Verified",
-    "issue_d": "Dec-2011", "loan_status": "Fully Paid", "purpose": "credit_card",
-    "addr_state": "AZ", "dti": "27.65", "earliest_cr_line": "Jan-1985", "revol_util": "83.7",
-    "fico_range_low": "735", "fico_range_high": "739", "total_rec_prncp": "5000.0",
+    "id": "1077501",
+    "loan_amnt": "5000",
+    "term": " 36 months",
+    "int_rate": "10.65",
+    "installment": "162.87",
+    "grade": "B",
+    "sub_grade": "B2",
+    "emp_length": "10+ years",
+    "home_ownership": "RENT",
+    "annual_inc": "24000.0",
+    "verification_status": "Verified",
+    "issue_d": "Dec-2011",
+    "loan_status": "Fully Paid",
+    "purpose": "credit_card",
+    "addr_state": "AZ",
+    "dti": "27.65",
+    "earliest_cr_line": "Jan-1985",
+    "revol_util": "83.7",
+    "fico_range_low": "735",
+    "fico_range_high": "739",
+    "total_rec_prncp": "5000.0",
 }
 # The same loan as the 2007-2020Q3 export writes it.
 EXPORT_ROW = {**KAGGLE_ROW, "int_rate": "10.65%", "revol_util": "83.7%", "id": "1077502"}
@@ -36,7 +51,9 @@ def frame(spark, rows: list[dict[str, Any]]):
 
 
 def classify(spark, rows):
-    out = classify_rows(frame(spark, rows), PREP.numeric, PREP.categorical, PREP.dates, PREP.required)
+    out = classify_rows(
+        frame(spark, rows), PREP.numeric, PREP.categorical, PREP.dates, PREP.required
+    )
     return out.collect()
 
 
@@ -56,7 +73,14 @@ def test_both_raw_formats_parse_the_same(spark) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "years"),
-    [("10+ years", 10.0), ("< 1 year", 0.0), ("1 year", 1.0), ("3 years", 3.0), ("n/a", None), ("", None)],
+    [
+        ("10+ years", 10.0),
+        ("< 1 year", 0.0),
+        ("1 year", 1.0),
+        ("3 years", 3.0),
+        ("n/a", None),
+        ("", None),
+    ],
 )
 def test_emp_length(spark, raw: str, years: float | None) -> None:
     (row,) = classify(spark, [{**KAGGLE_ROW, "emp_length": raw}])
@@ -79,8 +103,16 @@ def test_labels_footers_open_loans_and_rejects(spark) -> None:
     ]
     out = classify(spark, rows)
     assert [r[ROW_CLASS] for r in out] == [
-        "kept", "kept", "kept", "unresolved", "unresolved", "footer",
-        "rejected", "rejected", "rejected", "rejected",
+        "kept",
+        "kept",
+        "kept",
+        "unresolved",
+        "unresolved",
+        "footer",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
     ]
     assert [r[LABEL_COLUMN] for r in out[:3]] == [1, 1, 0]
     assert out[6][REASON] == "int_rate: cannot parse 'abc'"
@@ -99,7 +131,10 @@ def test_missing_id_gets_a_stable_hash_key(spark) -> None:
 def test_model_table_has_derived_features_and_no_leaky_column(spark) -> None:
     classified = classify_rows(
         frame(spark, [KAGGLE_ROW, {**KAGGLE_ROW, "fico_range_low": "", "fico_range_high": ""}]),
-        PREP.numeric, PREP.categorical, PREP.dates, PREP.required,
+        PREP.numeric,
+        PREP.categorical,
+        PREP.dates,
+        PREP.required,
     )
     table = model_table(classified, PREP.numeric, PREP.categorical, PREP.derived)
     assert "total_rec_prncp" not in table.columns

@@ -16,7 +16,9 @@ def test_repo_params_load() -> None:
     assert not any(is_leaky(c) for c in cfg.prep.numeric + cfg.prep.categorical + cfg.prep.dates)
 
 
-@pytest.mark.parametrize("column", ["total_rec_prncp", "recoveries", "last_pymnt_amnt", "out_prncp"])
+@pytest.mark.parametrize(
+    "column", ["total_rec_prncp", "recoveries", "last_pymnt_amnt", "out_prncp"]
+)
 def test_leaky_column_in_allowlist_is_a_config_error(tmp_path, column: str) -> None:
     base = load_config(REPO / "params.yaml").prep.numeric
     path = write_params(tmp_path, {"prep": {"numeric": [*base, column]}})
@@ -43,9 +45,20 @@ def test_derived_feature_needs_its_inputs(tmp_path) -> None:
 
 def test_leak_list_covers_the_readme_families() -> None:
     leaky = set(leaky_columns())
-    for name in ("out_prncp_inv", "total_pymnt_inv", "total_rec_int", "collection_recovery_fee",
-                 "next_pymnt_d", "last_credit_pull_d", "last_fico_range_high", "hardship_flag",
-                 "deferral_term", "debt_settlement_flag", "settlement_amount", "pymnt_plan"):
+    for name in (
+        "out_prncp_inv",
+        "total_pymnt_inv",
+        "total_rec_int",
+        "collection_recovery_fee",
+        "next_pymnt_d",
+        "last_credit_pull_d",
+        "last_fico_range_high",
+        "hardship_flag",
+        "deferral_term",
+        "debt_settlement_flag",
+        "settlement_amount",
+        "pymnt_plan",
+    ):
         assert name in leaky
     for name in ("loan_amnt", "int_rate", "annual_inc", "dti", "fico_range_low", "issue_d"):
         assert name in RAW_COLUMNS and name not in leaky

@@ -14,12 +14,7 @@ import pytest
 from src.pipelines.kaggle_source import DownloadSummary, download_kaggle_file
 from src.pipelines.raw_schema import RAW_COLUMNS
 from src.utils.errors import ConfigError, DataError, PermanentError, TransientError
-from tests.kaggle_stub import (  # noqa: F401  (fixtures register by name)
-    KaggleStub,
-    kaggle_stub_fixture,
-    kaggle_stub_server_fixture,
-    make_raw_csv_gz,
-)
+from tests.kaggle_stub import KaggleStub, make_raw_csv_gz
 
 DATASET = "wordsforthewise/lending-club"
 FILE = "accepted_2007_to_2018Q4.csv.gz"

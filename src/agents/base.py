@@ -12,7 +12,7 @@ from src.utils.config import Config
 
 @dataclass(frozen=True)
 class Skill:
-    """One stage an agent handles: the request it takes, the result it returns, the method doing it."""
+    """One stage an agent handles: request type, result type, and the method."""
 
     stage: str
     request: type[Message]
@@ -21,7 +21,7 @@ class Skill:
 
 
 class Agent:
-    """Base class: subclasses declare their skills; `handle` dispatches a request to the right one."""
+    """Base class: subclasses declare skills; `handle` dispatches a request."""
 
     skills: ClassVar[tuple[Skill, ...]] = ()
 

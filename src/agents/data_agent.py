@@ -1,4 +1,4 @@
-"""DataAgent: brings the raw loan file into `data/raw/` from Kaggle, a local file or the generator."""
+"""DataAgent: the raw loan file into `data/raw/`, from Kaggle, a local file or the generator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FeatureAgent: raw loans → the processed table (prep), and the processed table → train/test (split)."""
+"""FeatureAgent: raw loans → processed table (prep) → train/test sides (split)."""
 
 from __future__ import annotations
 
@@ -62,21 +62,28 @@ class FeatureAgent(Agent):
                     unresolved[r["loan_status"]] = r["count"]
             kept_rows = by_class.get("kept", 0)
             if kept_rows == 0:
-                raise DataError(f"{request.raw.path}: no loan could be kept (row classes: {by_class})")
+                raise DataError(
+                    f"{request.raw.path}: no loan could be kept (row classes: {by_class})"
+                )
             log.info("prep.classified", **by_class)
 
             kept = rows.filter(F.col(ROW_CLASS) == "kept")
             table = model_table(kept, prep.numeric, prep.categorical, prep.derived)
             write_parquet(table.orderBy(KEY_COLUMN), self.cfg.path(prep.processed_path))
             rejected = rows.filter(F.col(ROW_CLASS) == "rejected").select(
-                KEY_COLUMN, F.col(REASON).alias("reason"), "loan_status",
+                KEY_COLUMN,
+                F.col(REASON).alias("reason"),
+                "loan_status",
                 *[c for c in rows.columns if c.startswith("raw_")],
             )
             write_parquet(rejected.orderBy(KEY_COLUMN), self.cfg.path(prep.rejected_path))
             if by_class.get("rejected"):
                 top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(5).collect()
-                log.warning("prep.rejected", rows=by_class["rejected"],
-                            top_reasons={r["reason"]: r["count"] for r in top})
+                log.warning(
+                    "prep.rejected",
+                    rows=by_class["rejected"],
+                    top_reasons={r["reason"]: r["count"] for r in top},
+                )
             written = spark.read.parquet(str(self.cfg.path(prep.processed_path)))
             filled = written.agg(
                 F.sum(LABEL_COLUMN).alias(LABEL_COLUMN),
@@ -100,9 +107,14 @@ class FeatureAgent(Agent):
             feature_columns=prep.feature_columns,
             missing_columns=empty,
         )
-        log.info("prep.done", kept_rows=kept_rows, default_share=result.default_share,
-                 footer_rows=result.footer_rows, rejected_rows=result.rejected_rows,
-                 unresolved_rows=sum(unresolved.values()))
+        log.info(
+            "prep.done",
+            kept_rows=kept_rows,
+            default_share=result.default_share,
+            footer_rows=result.footer_rows,
+            rejected_rows=result.rejected_rows,
+            unresolved_rows=sum(unresolved.values()),
+        )
         return result
 
     def split(self, request: SplitRequest) -> SplitResult:
@@ -117,14 +129,25 @@ class FeatureAgent(Agent):
         write_parquet(train.orderBy(KEY_COLUMN), self.cfg.path(split.train_path))
         write_parquet(test.orderBy(KEY_COLUMN), self.cfg.path(split.test_path))
         # Summaries from what was written, so the report describes the files themselves.
-        train_side = SplitSide(**side_summary(spark.read.parquet(str(self.cfg.path(split.train_path)))))
-        test_side = SplitSide(**side_summary(spark.read.parquet(str(self.cfg.path(split.test_path)))))
+        train_side = SplitSide(
+            **side_summary(spark.read.parquet(str(self.cfg.path(split.train_path))))
+        )
+        test_side = SplitSide(
+            **side_summary(spark.read.parquet(str(self.cfg.path(split.test_path))))
+        )
         if train_side.rows == 0 or test_side.rows == 0:
-            raise DataError(f"split: an empty side (train {train_side.rows}, test {test_side.rows})")
-        log.info("split.done", method=split.method, train_rows=train_side.rows,
-                 test_rows=test_side.rows, train_default_share=train_side.default_share,
-                 test_default_share=test_side.default_share,
-                 time_cutoff=str(cutoff) if cutoff else None)
+            raise DataError(
+                f"split: an empty side (train {train_side.rows}, test {test_side.rows})"
+            )
+        log.info(
+            "split.done",
+            method=split.method,
+            train_rows=train_side.rows,
+            test_rows=test_side.rows,
+            train_default_share=train_side.default_share,
+            test_default_share=test_side.default_share,
+            time_cutoff=str(cutoff) if cutoff else None,
+        )
         return SplitResult(
             method=split.method,
             seed=self.cfg.seed,

@@ -1,4 +1,4 @@
-"""Raw LendingClub CSV → typed loans: parse both raw formats, drop footers and open loans, derive the label.
+"""Raw LendingClub CSV → typed loans: both raw formats, footers and open loans out, label derived.
 
 Every row ends in exactly one class: footer, unresolved, rejected (with a reason) or kept.
 """
@@ -123,7 +123,7 @@ def classify_rows(
     dates: list[str],
     required: list[str],
 ) -> DataFrame:
-    """Parse the allowlisted columns and tag each row: footer, unresolved, rejected (reason) or kept."""
+    """Parse allowlisted columns; tag each row footer, unresolved, rejected (reason) or kept."""
     parsers: dict[str, Callable[[Column], Column]] = {
         **{n: parse_emp_length if n == "emp_length" else parse_number for n in numeric},
         **{n: _blank_to_null for n in categorical},
@@ -158,9 +158,7 @@ def classify_rows(
     if "annual_inc" in parsers:
         errors.append(F.when(F.col("annual_inc") < 0, F.lit("annual_inc: negative")))
     if "sub_grade" in parsers:
-        errors.append(
-            F.when(~F.col("sub_grade").rlike(_SUB_GRADE), F.lit("sub_grade: not A1..G5"))
-        )
+        errors.append(F.when(~F.col("sub_grade").rlike(_SUB_GRADE), F.lit("sub_grade: not A1..G5")))
     judged = parsed.withColumn(REASON, F.coalesce(*errors))
 
     # Footers carry text in `id` and nothing in the loan fields.
@@ -173,6 +171,6 @@ def classify_rows(
         .otherwise(F.lit("kept"))
     )
     judged = judged.withColumn(ROW_CLASS, row_class)
-    return judged.withColumn(
-        REASON, F.when(F.col(ROW_CLASS) == "rejected", F.col(REASON))
-    ).drop("_id")
+    return judged.withColumn(REASON, F.when(F.col(ROW_CLASS) == "rejected", F.col(REASON))).drop(
+        "_id"
+    )

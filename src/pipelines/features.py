@@ -37,7 +37,9 @@ def add_derived_features(loans: DataFrame, names: list[str]) -> DataFrame:
     return loans.withColumns({name: DERIVED[name]().cast("double") for name in names})
 
 
-def model_table(loans: DataFrame, numeric: list[str], categorical: list[str], derived: list[str]) -> DataFrame:
+def model_table(
+    loans: DataFrame, numeric: list[str], categorical: list[str], derived: list[str]
+) -> DataFrame:
     """The processed table: key, issue date, label and the allowlisted features, nothing else."""
     with_derived = add_derived_features(loans, derived)
     return with_derived.select(

@@ -1,4 +1,4 @@
-"""Train/test splits that give the same rows on every machine: stratified by label, or by issue date."""
+"""Train/test splits with the same rows on every machine: stratified by label, or by issue date."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
 
 
-def split_stratified(loans: DataFrame, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+def split_stratified(
+    loans: DataFrame, test_fraction: float, seed: int
+) -> tuple[DataFrame, DataFrame]:
     """Exactly `test_fraction` of each label class to test, chosen by a seeded hash of the row key.
 
     A hash of the key, not rand(), so the choice depends on the rows alone, not on partitioning.
@@ -33,7 +35,7 @@ def split_stratified(loans: DataFrame, test_fraction: float, seed: int) -> tuple
 
 
 def time_cutoff(loans: DataFrame, test_fraction: float) -> date:
-    """The first issue month of the latest months that hold at least `test_fraction` of the loans."""
+    """First issue month of the latest months holding at least `test_fraction` of the loans."""
     months = loans.groupBy("issue_d").count().orderBy(F.col("issue_d").desc()).collect()
     total = sum(row["count"] for row in months)
     if len(months) < 2:

@@ -21,7 +21,7 @@ def _remove(path: Path) -> None:
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `target` (file or folder); it replaces `target` only if the block succeeds.
+    """Yield a temporary sibling of `target` (file or folder); it replaces `target` on success.
 
     On any exception the temporary is removed and whatever was at `target` stays as it was.
     """

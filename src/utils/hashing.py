@@ -1,4 +1,4 @@
-"""Content hashes of files and folders, so a stage can tell a stale upstream artifact from a fresh one."""
+"""Content hashes of files and folders, so a stage can tell a stale upstream artifact."""
 
 from __future__ import annotations
 

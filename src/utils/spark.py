@@ -11,7 +11,7 @@ from src.utils.config import SparkConfig
 
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the process's SparkSession, creating it from `cfg` on first use."""
-    # Bind to loopback: the machine's hostname may not resolve, and nothing here should listen outside.
+    # Loopback: the hostname may not resolve, and nothing here should listen outside.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
     spark = (

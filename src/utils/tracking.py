@@ -53,8 +53,13 @@ def configure_mlflow(cfg: Config) -> str:
             root.mkdir(parents=True, exist_ok=True)
             location = root.as_uri()
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
-    log.info("mlflow.configured", tracking_uri=uri, embedded=embedded, experiment=name,
-             experiment_id=experiment_id)
+    log.info(
+        "mlflow.configured",
+        tracking_uri=uri,
+        embedded=embedded,
+        experiment=name,
+        experiment_id=experiment_id,
+    )
     return experiment_id
 
 

@@ -1,0 +1,139 @@
+"""Supervisor CLI: contracts listed, retries on transient faults only, one-line failures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from src.supervisor import main
+from src.utils.atomic import atomic_write_json
+from tests.conftest import write_params
+from tests.kaggle_stub import KaggleStub
+
+OLD_RAW = b"previous raw file"
+
+
+def events(root: Path) -> list[dict]:
+    lines = (root / "logs" / "pipeline.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def plain_lines(stderr: str) -> list[str]:
+    """What a person reads on stderr: the lines that are not JSON log events."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("{")]
+
+
+def kaggle_project(tmp_path: Path) -> Path:
+    params = write_params(
+        tmp_path,
+        {
+            "data": {"source": "kaggle"},
+            "supervisor": {
+                "retry": {"attempts": 4, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+            },
+        },
+    )
+    raw = tmp_path / "data" / "raw" / "loans.csv.gz"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(OLD_RAW)
+    return params
+
+
+def test_agents_lists_every_agent_with_its_contracts(capsys) -> None:
+    assert main(["agents"]) == 0
+    out = capsys.readouterr().out
+    assert "DataAgent" in out and "fetch" in out and "FetchRequest -> FetchResult" in out
+    assert "FeatureAgent" in out and "PrepRequest -> PrepResult" in out
+    assert "SplitRequest -> SplitResult" in out
+
+
+def test_transient_faults_are_retried_and_logged(kaggle_stub: KaggleStub, tmp_path, capsys) -> None:
+    kaggle_stub.download_statuses = [503, 503]
+    params = kaggle_project(tmp_path)
+    assert main(["--params", str(params), "run", "fetch", "--run-id", "r1"]) == 0
+    assert len(kaggle_stub.download_requests) == 3
+    log = events(tmp_path)
+    retries = [e for e in log if e["event"] == "stage.retry"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    assert all(
+        e["run_id"] == "r1" and e["stage"] == "fetch" and e["agent"] == "DataAgent" for e in retries
+    )
+    done = [e for e in log if e["event"] == "stage.done"]
+    assert done and done[0]["attempt"] == 3 and done[0]["duration_s"] > 0
+    report = json.loads((tmp_path / "reports" / "fetch.json").read_text())
+    assert report["source"] == "kaggle" and report["run_id"] == "r1"
+    with gzip.open(tmp_path / report["raw"]["path"], "rt") as handle:
+        assert handle.readline().startswith("id,member_id,loan_amnt")
+
+
+def test_refused_credentials_fail_at_once(kaggle_stub: KaggleStub, tmp_path, capsys) -> None:
+    kaggle_stub.reject_credentials = True
+    params = kaggle_project(tmp_path)
+    assert main(["--params", str(params), "run", "fetch"]) == 2
+    err = plain_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: ") and "credentials" in err[0]
+    assert len(kaggle_stub.download_requests) == 1
+    assert not [e for e in events(tmp_path) if e["event"] == "stage.retry"]
+    assert (tmp_path / "data" / "raw" / "loans.csv.gz").read_bytes() == OLD_RAW
+
+
+def test_truncated_download_leaves_raw_untouched(kaggle_stub: KaggleStub, tmp_path, capsys) -> None:
+    kaggle_stub.truncate = True
+    params = kaggle_project(tmp_path)
+    assert main(["--params", str(params), "run", "fetch"]) == 2
+    assert "error: " in capsys.readouterr().err
+    raw_dir = tmp_path / "data" / "raw"
+    assert [p.name for p in raw_dir.iterdir()] == ["loans.csv.gz"]
+    assert (raw_dir / "loans.csv.gz").read_bytes() == OLD_RAW
+    assert not (tmp_path / "reports" / "fetch.json").exists()
+
+
+def test_bad_input_file_is_one_clear_line(tmp_path, capsys) -> None:
+    params = write_params(tmp_path, {"data": {"source": "file", "file_path": "nowhere.csv.gz"}})
+    assert main(["--params", str(params), "run", "fetch"]) == 2
+    err = plain_lines(capsys.readouterr().err)
+    assert err == [f"error: data.file_path: {tmp_path / 'nowhere.csv.gz'} does not exist"]
+    assert len([e for e in events(tmp_path) if e["event"] == "stage.start"]) == 1
+
+
+def test_stale_or_foreign_upstream_result_is_refused(tmp_path, capsys) -> None:
+    params = write_params(tmp_path, {})
+    assert main(["--params", str(params), "run", "prep"]) == 2
+    assert "no result of stage 'fetch'; run it first" in capsys.readouterr().err
+
+    raw = tmp_path / "data" / "raw" / "loans.csv.gz"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(b"edited by hand")
+    atomic_write_json(
+        tmp_path / "reports" / "fetch.json",
+        {
+            "stage": "fetch",
+            "source": "file",
+            "origin": "x",
+            "bytes": 1,
+            "raw": {"path": "data/raw/loans.csv.gz", "sha256": "0" * 64},
+        },
+    )
+    assert main(["--params", str(params), "run", "prep"]) == 2
+    assert "changed since 'fetch' ran; rerun it" in capsys.readouterr().err
+
+    atomic_write_json(tmp_path / "reports" / "fetch.json", {"stage": "prep"})
+    assert main(["--params", str(params), "run", "prep"]) == 2
+    assert "not a valid fetch result" in capsys.readouterr().err
+
+
+def test_invalid_params_name_the_field(tmp_path, capsys) -> None:
+    params = write_params(tmp_path, {"data": {"source": "ftp"}})
+    assert main(["--params", str(params), "run", "fetch"]) == 2
+    assert "data.source" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["status"]])
+def test_status_reports_each_stage(tmp_path, capsys, command) -> None:
+    params = write_params(tmp_path, {})
+    assert main(["--params", str(params), *command]) == 0
+    out = capsys.readouterr().out
+    assert "fetch" in out and "not run" in out
