@@ -1,0 +1,94 @@
+"""Wall time and peak memory of each pipeline stage on the full real sample (`make bench`).
+
+Each stage runs as its own supervisor process, as under DVC; memory is the peak resident size of the
+whole process tree (Python driver + Spark JVM), sampled every 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "lendingclub_2007_2011.csv.gz"
+SAMPLE_INTERVAL_S = 0.1
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, int]:
+    """Run `cmd`; return wall seconds, peak tree RSS in bytes and the exit code."""
+    started = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, tree_rss(proc))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(SAMPLE_INTERVAL_S)
+    _, stderr = child.communicate()
+    if child.returncode:
+        sys.stderr.write(stderr.decode()[-2000:])
+    return time.perf_counter() - started, peak, child.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sample", type=Path, default=Path(os.environ.get("CREDIT_RISK_SAMPLE", SAMPLE))
+    )
+    parser.add_argument(
+        "--stages", nargs="+", default=["fetch", "prep", "split", "train_sup", "train_unsup"]
+    )
+    args = parser.parse_args()
+    if not args.sample.is_file():
+        print(
+            f"bench: real sample {args.sample} not found; set CREDIT_RISK_SAMPLE", file=sys.stderr
+        )
+        return 2
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source="file", file_path=str(args.sample.resolve()))
+    with tempfile.TemporaryDirectory(prefix="credit-risk-bench-") as tmp:
+        root = Path(tmp)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        print(f"bench: {args.sample.name}, {os.cpu_count()} cores, one process per stage")
+        print(f"{'stage':<12} {'wall s':>8} {'peak MiB':>9}")
+        for stage in args.stages:
+            cmd = [
+                sys.executable,
+                "-m",
+                "src.supervisor",
+                "--params",
+                str(root / "params.yaml"),
+                "run",
+                stage,
+            ]
+            seconds, peak, code = run_measured(cmd, REPO)
+            print(f"{stage:<12} {seconds:>8.1f} {peak / 2**20:>9.0f}", flush=True)
+            if code:
+                print(f"bench: stage {stage} failed (exit {code})", file=sys.stderr)
+                return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
