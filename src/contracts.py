@@ -183,3 +183,112 @@ class TrainUnsupResult(StageResult):
     serving_model: str
     models: dict[str, SegmentationModel]
     profile_plot: str
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+class Interval(Message):
+    low: float
+    high: float
+
+
+class ThresholdChoice(Message):
+    rule: Literal["profit", "f1", "youden"]
+    value: float = Field(description="probability of default at or above which a loan is declined")
+    chosen_on: str = Field(description="the data the threshold was chosen on (never the test split)")
+
+
+class ConfusionMatrix(Message):
+    tn: int
+    fp: int
+    fn: int
+    tp: int
+
+
+class Evaluation(Message):
+    """Test-split metrics of one model or reference."""
+
+    name: str
+    kind: Literal["model", "reference"]
+    auc_roc: float
+    auc_roc_ci: Interval
+    auc_pr: float
+    auc_pr_ci: Interval
+    ks: float
+    gini: float
+    brier: float
+    log_loss: float
+    calibration_error: float
+    threshold: ThresholdChoice
+    precision: float
+    recall: float
+    f1: float
+    confusion: ConfusionMatrix
+
+
+class SegmentEvaluation(Message):
+    band: str
+    size: int
+    default_rate: float
+    mean_predicted: float
+
+
+class EvaluateRequest(Message):
+    test: Artifact
+    train_sup: TrainSupResult
+    train_unsup: TrainUnsupResult
+
+
+class EvaluateResult(StageResult):
+    stage: Literal["evaluate"] = "evaluate"
+    primary_metric: str
+    best_model: str
+    evaluations: dict[str, Evaluation]
+    segments: list[SegmentEvaluation]
+    metrics_file: Artifact
+    plots: list[str]
+
+
+# --- register ------------------------------------------------------------------------------------
+
+
+class RegisterRequest(Message):
+    test: Artifact
+    train_sup: TrainSupResult
+    train_unsup: TrainUnsupResult
+    evaluate: EvaluateResult
+
+
+class RegisterResult(StageResult):
+    stage: Literal["register"] = "register"
+    model_name: str
+    version: str
+    alias: Literal["champion", "challenger"]
+    decision: str = Field(description="why the version got its alias, with both scores")
+    score: float
+    champion_score: float | None = Field(description="the previous champion on the same test data")
+    previous_champion_version: str | None
+    onnx_max_abs_diff: float
+    bundle: Artifact
+    model_card: str
+
+
+# --- score (batch) -------------------------------------------------------------------------------
+
+
+class ScoreRequest(Message):
+    input_path: str
+    output_path: str
+    model_uri: str
+
+
+class ScoreResult(StageResult):
+    stage: Literal["score"] = "score"
+    model_uri: str
+    model_version: str | None
+    scored_rows: int
+    unscored_rows: int
+    unscored_reasons: dict[str, int]
+    output: str
+    unscored_output: str

@@ -160,6 +160,42 @@ class SegmentConfig(Section):
         return self
 
 
+class ThresholdConfig(Section):
+    rule: Literal["profit", "f1", "youden"]
+    loss_given_default: float = Field(gt=0, le=1)
+    margin: float = Field(gt=0)
+
+
+class EvaluateConfig(Section):
+    primary_metric: Literal["auc_roc", "auc_pr", "ks", "gini"]
+    bootstrap_samples: int = Field(ge=10)
+    calibration_bins: int = Field(ge=2)
+    threshold: ThresholdConfig
+    plots_dir: Path
+    metrics_path: Path
+
+
+class RegisterConfig(Section):
+    model_name: str
+    min_delta: float = Field(ge=0)
+    bundle_dir: Path
+    onnx_tolerance: float = Field(gt=0)
+    retry: RetryConfig
+
+
+class ServingConfig(Section):
+    host: str
+    port: int = Field(ge=0, le=65535)
+    backend: Literal["onnx", "spark"]
+    model_uri: str
+    bundle_path: Path | None
+    max_batch: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1024)
+    poll_interval_s: float = Field(gt=0)
+    reload_token_env: str
+    top_factors: int = Field(ge=0)
+
+
 class Config(Section):
     root: Path
     seed: int
@@ -171,6 +207,10 @@ class Config(Section):
     mlflow: MlflowConfig
     train: TrainConfig
     segment: SegmentConfig
+    evaluate: EvaluateConfig
+    # `register` would shadow BaseModel.register (ABC machinery); params.yaml still says `register`.
+    registry: RegisterConfig = Field(alias="register")
+    serving: ServingConfig
 
     @model_validator(mode="after")
     def _features_come_from_prep(self) -> Config:
