@@ -30,12 +30,16 @@ from tenacity import (
 from src.agents.base import Agent, Skill
 from src.agents.data_agent import DataAgent
 from src.agents.feature_agent import FeatureAgent
+from src.agents.segmenter_agent import SegmenterAgent
+from src.agents.trainer_agent import TrainerAgent
 from src.contracts import (
     FetchRequest,
     Message,
     PrepRequest,
     SplitRequest,
     StageResult,
+    TrainSupRequest,
+    TrainUnsupRequest,
 )
 from src.utils.atomic import atomic_write_json
 from src.utils.config import Config, load_config
@@ -83,6 +87,18 @@ STAGES: dict[str, Stage] = {
             FeatureAgent,
             ("prep",),
             lambda _, up: SplitRequest(processed=up["prep"].processed),
+        ),
+        Stage(
+            "train_sup",
+            TrainerAgent,
+            ("split",),
+            lambda _, up: TrainSupRequest(train=up["split"].train, test=up["split"].test),
+        ),
+        Stage(
+            "train_unsup",
+            SegmenterAgent,
+            ("split",),
+            lambda _, up: TrainUnsupRequest(train=up["split"].train),
         ),
     )
 }

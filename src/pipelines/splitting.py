@@ -12,13 +12,14 @@ from src.utils.errors import DataError
 
 
 def split_stratified(
-    loans: DataFrame, test_fraction: float, seed: int
+    loans: DataFrame, test_fraction: float, seed: int, salt: str = ""
 ) -> tuple[DataFrame, DataFrame]:
     """Exactly `test_fraction` of each label class to test, chosen by a seeded hash of the row key.
 
     A hash of the key, not rand(), so the choice depends on the rows alone, not on partitioning.
     """
-    order = F.xxhash64(F.lit(str(seed)), F.col(KEY_COLUMN))
+    # `salt` gives an independent draw from the same seed (the validation slice of the train side).
+    order = F.xxhash64(F.lit(f"{seed}{salt}"), F.col(KEY_COLUMN))
     by_label = Window.partitionBy(LABEL_COLUMN)
     ranked = loans.withColumns(
         {

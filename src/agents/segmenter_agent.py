@@ -1,0 +1,256 @@
+"""SegmenterAgent: the training split → KMeans and Gaussian-mixture risk segments (train_unsup)."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.spark
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+
+from src.agents.base import Agent, Skill
+from src.contracts import (
+    Artifact,
+    SegmentationModel,
+    SegmentProfile,
+    TrainUnsupRequest,
+    TrainUnsupResult,
+)
+from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.segmentation import (
+    FEATURES_VECTOR,
+    MODEL_NAMES,
+    PREDICTION,
+    ModelName,
+    Preprocessing,
+    Selection,
+    cluster_stats,
+    export_params,
+    fit_preprocessing,
+    full_pipeline,
+    order_by_risk,
+    plot_profiles,
+    select_gmm,
+    select_kmeans,
+)
+from src.utils.atomic import atomic_path, atomic_write_json
+from src.utils.errors import DataError
+from src.utils.hashing import content_hash
+from src.utils.logging import get_logger
+from src.utils.spark import get_spark
+from src.utils.tracking import configure_mlflow, git_commit
+
+log = get_logger(agent="SegmenterAgent")
+
+STAGE = "train_unsup"
+MODEL_SUBDIR = "model"
+PARAMS_FILE = "segments.json"
+REPORT_FILE = "segments.json"
+# Pinned into the logged model, so `mlflow models serve` rebuilds the environment that trained it.
+PIP_PACKAGES = ("pyspark", "mlflow", "numpy", "pandas", "pyarrow")
+BAND_RULE = (
+    "clusters ordered by observed training default rate; with k clusters the band names are an "
+    "evenly spread subset of segment.risk_bands, first and last always kept"
+)
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of the packages needed to load the logged Spark model."""
+    return [f"{name}=={version(name)}" for name in PIP_PACKAGES]
+
+
+class SegmenterAgent(Agent):
+    """Unsupervised risk segmentation stage."""
+
+    skills = (Skill("train_unsup", TrainUnsupRequest, TrainUnsupResult, "segment"),)
+
+    def _artifact(self, path: Path) -> Artifact:
+        return Artifact(path=str(path.relative_to(self.cfg.root)), sha256=content_hash(path))
+
+    def _read_train(self, request: TrainUnsupRequest) -> DataFrame:
+        path = self.cfg.path(request.train.path)
+        if not path.exists():
+            raise DataError(f"{request.train.path}: training split not found; rerun 'split'")
+        spark = get_spark(self.cfg.spark)
+        loans = spark.read.parquet(str(path))
+        missing = [c for c in [LABEL_COLUMN, *self.cfg.segment.features] if c not in loans.columns]
+        if missing:
+            raise DataError(f"{request.train.path}: columns {missing} are missing")
+        return loans.select(KEY_COLUMN, LABEL_COLUMN, *self.cfg.segment.features)
+
+    def segment(self, request: TrainUnsupRequest) -> TrainUnsupResult:
+        """Fit both segmentations on the training split, save, profile, plot and log them."""
+        seg = self.cfg.segment
+        experiment_id = configure_mlflow(self.cfg)
+        train = self._read_train(request).persist(StorageLevel.MEMORY_AND_DISK)
+        scaled: DataFrame | None = None
+        try:
+            rows = train.count()
+            if rows < seg.k_range[1]:
+                raise DataError(
+                    f"{request.train.path}: {rows} rows cannot make {seg.k_range[1]} clusters"
+                )
+            preprocessing = fit_preprocessing(train, seg.features)
+            scaled = preprocessing.model.transform(train).select(
+                LABEL_COLUMN, *seg.features, FEATURES_VECTOR
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            log.info("train_unsup.preprocessed", rows=rows, features=seg.features,
+                     impute=preprocessing.medians)
+            models = {
+                name: self._train_one(
+                    name, request, scaled, preprocessing, rows, experiment_id
+                )
+                for name in MODEL_NAMES
+            }
+        finally:
+            if scaled is not None:
+                scaled.unpersist()
+            train.unpersist()
+        report_path, plot_path = self._write_report(request, models)
+        for model in models.values():
+            with mlflow.start_run(run_id=model.run_id):
+                mlflow.log_artifact(str(report_path), artifact_path="reports")
+                mlflow.log_artifact(str(plot_path), artifact_path="reports")
+        serving = models[seg.serving_model]
+        log.info("train_unsup.done", serving_model=seg.serving_model, k=serving.k,
+                 default_rates={s.band: round(s.default_rate, 4) for s in serving.segments})
+        return TrainUnsupResult(
+            serving_model=seg.serving_model, models=models, profile_plot=str(seg.profile_plot)
+        )
+
+    def _select(self, name: ModelName, scaled: DataFrame, rows: int) -> Selection:
+        seg = self.cfg.segment
+        ks = list(range(seg.k_range[0], seg.k_range[1] + 1))
+        if name == "kmeans":
+            return select_kmeans(scaled, ks, self.cfg.seed, seg.max_iter)
+        return select_gmm(scaled, ks, self.cfg.seed, seg.max_iter, rows)
+
+    def _train_one(
+        self,
+        name: ModelName,
+        request: TrainUnsupRequest,
+        scaled: DataFrame,
+        preprocessing: Preprocessing,
+        rows: int,
+        experiment_id: str,
+    ) -> SegmentationModel:
+        seg = self.cfg.segment
+        started = time.perf_counter()
+        selection = self._select(name, scaled, rows)
+        stats = cluster_stats(selection.model.transform(scaled), seg.features, LABEL_COLUMN)
+        bands = order_by_risk(stats, seg.risk_bands)
+        profiles = sorted(
+            (SegmentProfile(band=bands[s.cluster], **s.model_dump()) for s in stats),
+            key=lambda p: (p.default_rate, p.cluster),
+        )
+        rates = [p.default_rate for p in profiles]
+        if len(set(rates)) < len(rates):
+            log.warning("train_unsup.tied_default_rates", model=name, default_rates=rates)
+        params = export_params(name, seg.features, preprocessing, selection.model, bands)
+        pipeline = full_pipeline(preprocessing, selection.model)
+
+        model_dir = self.cfg.path(seg.models_dir) / name
+        with atomic_path(model_dir) as tmp:
+            tmp.mkdir(parents=True)
+            pipeline.write().overwrite().save(str(tmp / MODEL_SUBDIR))
+            (tmp / PARAMS_FILE).write_text(params.model_dump_json(indent=2) + "\n")
+        train_seconds = round(time.perf_counter() - started, 3)
+
+        run_id, model_uri = self._log_run(name, request, selection, profiles, pipeline,
+                                          model_dir / PARAMS_FILE, rows, experiment_id)
+        log.info("train_unsup.model", model=name, k=selection.k, metric=selection.metric,
+                 scores={k: round(v, 4) for k, v in selection.scores.items()},
+                 default_rates={p.band: round(p.default_rate, 4) for p in profiles},
+                 sizes={p.band: p.size for p in profiles}, train_seconds=train_seconds,
+                 run_id=run_id)
+        return SegmentationModel(
+            name=name,
+            run_id=run_id,
+            model_uri=model_uri,
+            k=selection.k,
+            selection=selection.scores,
+            path=self._artifact(model_dir / MODEL_SUBDIR),
+            params_file=self._artifact(model_dir / PARAMS_FILE),
+            segments=profiles,
+        )
+
+    def _log_run(
+        self,
+        name: ModelName,
+        request: TrainUnsupRequest,
+        selection: Selection,
+        profiles: list[SegmentProfile],
+        pipeline: Any,
+        params_file: Path,
+        rows: int,
+        experiment_id: str,
+    ) -> tuple[str, str]:
+        seg = self.cfg.segment
+        # Declared, not inferred: each feature is a double (NaN when missing), the output a cluster.
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("double", f) for f in seg.features]),
+            outputs=Schema([ColSpec("integer", PREDICTION)]),
+        )
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{STAGE}-{name}") as run:
+            mlflow.set_tags({
+                "stage": STAGE,
+                "model": name,
+                "git_commit": git_commit(self.cfg.root) or "unknown",
+                "train_data_sha256": request.train.sha256,
+            })
+            mlflow.log_params({
+                "model": name,
+                "features": ",".join(seg.features),
+                "k_range": f"{seg.k_range[0]}-{seg.k_range[1]}",
+                "max_iter": seg.max_iter,
+                "seed": self.cfg.seed,
+                "selection_metric": selection.metric,
+                "train_rows": rows,
+            })
+            mlflow.log_metric("chosen_k", selection.k)
+            for metric, values in {selection.metric: selection.scores, **selection.extra}.items():
+                for k, value in values.items():
+                    mlflow.log_metric(metric, value, step=k)
+            for p in profiles:
+                mlflow.log_metric(f"default_rate_{p.band}", p.default_rate)
+                mlflow.log_metric(f"size_{p.band}", p.size)
+            mlflow.log_artifact(str(params_file), artifact_path="segmentation")
+            info = mlflow.spark.log_model(
+                pipeline, "model", pip_requirements=pip_requirements(), signature=signature
+            )
+        return run.info.run_id, info.model_uri
+
+    def _write_report(
+        self, request: TrainUnsupRequest, models: dict[str, SegmentationModel]
+    ) -> tuple[Path, Path]:
+        seg = self.cfg.segment
+        report_path = self.cfg.path(self.cfg.supervisor.reports_dir) / REPORT_FILE
+        atomic_write_json(report_path, {
+            "serving_model": seg.serving_model,
+            "band_rule": BAND_RULE,
+            "train": request.train.model_dump(mode="json"),
+            "models": {
+                name: {
+                    "k": m.k,
+                    "run_id": m.run_id,
+                    "selection": {str(k): v for k, v in m.selection.items()},
+                    "segments": [p.model_dump(mode="json") for p in m.segments],
+                }
+                for name, m in models.items()
+            },
+        })
+        plot_path = self.cfg.path(seg.profile_plot)
+        plot_profiles(
+            {name: [p.model_dump() for p in m.segments] for name, m in models.items()},
+            seg.risk_bands,
+            seg.serving_model,
+            plot_path,
+        )
+        log.info("train_unsup.report", report=str(report_path), plot=str(plot_path))
+        return report_path, plot_path

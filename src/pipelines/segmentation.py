@@ -1,0 +1,414 @@
+"""Risk segmentation: KMeans and Gaussian mixtures on standardized origination features.
+
+The Spark pipeline (median imputation, standardization, clustering) is fitted on the training split.
+Every fitted number is also exported as plain JSON, so `assign_segment` reproduces Spark's cluster
+in numpy alone, without a JVM at serving time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pyspark.ml import Pipeline, PipelineModel, Transformer
+from pyspark.ml.clustering import GaussianMixture, GaussianMixtureModel, KMeans, KMeansModel
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from src.utils.atomic import atomic_path
+
+ModelName = Literal["kmeans", "gmm"]
+MODEL_NAMES: tuple[ModelName, ...] = ("kmeans", "gmm")
+
+FILLED_PREFIX = "seg_filled_"
+RAW_VECTOR = "seg_raw"
+FEATURES_VECTOR = "seg_features"
+# MLflow's pyfunc wrapper of a Spark model returns the column named "prediction".
+PREDICTION = "prediction"
+PROBABILITY = "seg_probability"
+
+# Spark's ml.impl.Utils.EPSILON: the floor Spark adds to each weighted component density, so a
+# point far from every component gets equal posteriors and lands in component 0, as in Spark.
+SPARK_EPSILON = float(np.finfo(np.float64).eps)
+
+PLOT_DPI = 120
+
+
+# --- exported parameters (the serving contract) --------------------------------------------------
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KMeansParams(_Params):
+    centres: list[list[float]] = Field(description="cluster centres in standardized space")
+
+
+class GmmParams(_Params):
+    weights: list[float]
+    means: list[list[float]] = Field(description="component means in standardized space")
+    covariances: list[list[list[float]]] = Field(description="full d×d covariance per component")
+    epsilon: float = Field(description="floor added to each weighted density (Spark's EPSILON)")
+
+
+class SegmentParams(_Params):
+    """Everything needed to assign a segment without Spark; written as `segments.json`."""
+
+    model: ModelName
+    k: int
+    features: list[str] = Field(description="order of the columns in `assign_segment` rows")
+    impute: list[float] = Field(description="training medians, used where a value is missing")
+    mean: list[float] = Field(description="training means of the imputed features")
+    std: list[float] = Field(description="training sample standard deviations (0: constant)")
+    kmeans: KMeansParams | None = None
+    gmm: GmmParams | None = None
+    bands: dict[int, str] = Field(description="cluster id → risk band name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentParams:
+        d = len(self.features)
+        if not len(self.impute) == len(self.mean) == len(self.std) == d:
+            raise ValueError("impute, mean and std need one value per feature")
+        if (self.model == "kmeans") != (self.kmeans is not None) or (
+            (self.model == "gmm") != (self.gmm is not None)
+        ):
+            raise ValueError(f"model '{self.model}' needs exactly its own parameter block")
+        if sorted(self.bands) != list(range(self.k)):
+            raise ValueError("bands must name every cluster 0..k-1")
+        return self
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+
+def filled_name(feature: str) -> str:
+    """Name of the imputed copy of `feature` inside the pipeline."""
+    return f"{FILLED_PREFIX}{feature}"
+
+
+def train_medians(train: DataFrame, features: Sequence[str]) -> dict[str, float]:
+    """Exact median of each feature over the non-missing training values."""
+    row = train.agg(*[F.median(F.col(f).cast("double")).alias(f) for f in features]).first()
+    missing = [f for f in features if row is None or row[f] is None]
+    if missing:
+        raise ValueError(f"segment.features {missing} have no value in the training split")
+    return {f: float(row[f]) for f in features}
+
+
+def imputer(medians: dict[str, float]) -> SQLTransformer:
+    """A SQL step adding each feature with nulls and NaNs replaced by its training median."""
+    # Literal as a string cast: Spark would read a bare 0.1 as DECIMAL; repr round-trips exactly.
+    columns = ", ".join(
+        f"CASE WHEN `{f}` IS NULL OR isnan(CAST(`{f}` AS DOUBLE)) "
+        f"THEN CAST('{m!r}' AS DOUBLE) ELSE CAST(`{f}` AS DOUBLE) END AS `{filled_name(f)}`"
+        for f, m in medians.items()
+    )
+    return SQLTransformer(statement=f"SELECT *, {columns} FROM __THIS__")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The fitted imputation and scaling stages, and the medians they embed (for the export)."""
+
+    model: PipelineModel
+    medians: dict[str, float]
+
+
+def fit_preprocessing(train: DataFrame, features: Sequence[str]) -> Preprocessing:
+    """Impute with training medians, then standardize with training means and stds."""
+    medians = train_medians(train, features)
+    pipeline = Pipeline(
+        stages=[
+            imputer(medians),
+            VectorAssembler(inputCols=[filled_name(f) for f in features], outputCol=RAW_VECTOR),
+            StandardScaler(
+                inputCol=RAW_VECTOR, outputCol=FEATURES_VECTOR, withMean=True, withStd=True
+            ),
+        ]
+    )
+    return Preprocessing(pipeline.fit(train), medians)
+
+
+# --- clustering and the choice of k --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Outcome of trying every k: the score of each, the chosen k and its fitted model."""
+
+    metric: str
+    scores: dict[int, float]
+    k: int
+    model: Transformer
+    extra: dict[str, dict[int, float]]
+
+
+def gmm_free_parameters(k: int, d: int) -> int:
+    """Free parameters of a k-component full-covariance Gaussian mixture in d dimensions."""
+    return k * d + k * d * (d + 1) // 2 + (k - 1)
+
+
+def gmm_bic(log_likelihood: float, k: int, d: int, n: int) -> float:
+    """Bayesian information criterion: −2·LL + p·ln n (lower is better)."""
+    return -2.0 * log_likelihood + gmm_free_parameters(k, d) * math.log(n)
+
+
+def fit_kmeans(scaled: DataFrame, k: int, seed: int, max_iter: int) -> KMeansModel:
+    """KMeans with k clusters on the standardized features."""
+    return KMeans(
+        featuresCol=FEATURES_VECTOR, predictionCol=PREDICTION, k=k, seed=seed, maxIter=max_iter
+    ).fit(scaled)
+
+
+def fit_gmm(scaled: DataFrame, k: int, seed: int, max_iter: int) -> GaussianMixtureModel:
+    """Full-covariance Gaussian mixture with k components on the standardized features."""
+    return GaussianMixture(
+        featuresCol=FEATURES_VECTOR,
+        predictionCol=PREDICTION,
+        probabilityCol=PROBABILITY,
+        k=k,
+        seed=seed,
+        maxIter=max_iter,
+    ).fit(scaled)
+
+
+def select_kmeans(scaled: DataFrame, ks: Sequence[int], seed: int, max_iter: int) -> Selection:
+    """Fit KMeans for every k and keep the highest silhouette (squared Euclidean)."""
+    evaluator = ClusteringEvaluator(
+        featuresCol=FEATURES_VECTOR, predictionCol=PREDICTION, metricName="silhouette"
+    )
+
+    def fit(k: int) -> tuple[KMeansModel, float]:
+        model = fit_kmeans(scaled, k, seed, max_iter)
+        return model, float(evaluator.evaluate(model.transform(scaled)))
+
+    fitted = {k: fit(k) for k in ks}
+    scores = {k: score for k, (_, score) in fitted.items()}
+    costs = {k: float(model.summary.trainingCost) for k, (model, _) in fitted.items()}
+    best = max(ks, key=lambda k: (scores[k], -k))
+    return Selection("silhouette", scores, best, fitted[best][0], {"training_cost": costs})
+
+
+def select_gmm(
+    scaled: DataFrame, ks: Sequence[int], seed: int, max_iter: int, rows: int
+) -> Selection:
+    """Fit a Gaussian mixture for every k and keep the lowest BIC."""
+    models = {k: fit_gmm(scaled, k, seed, max_iter) for k in ks}
+    log_likelihoods = {k: float(m.summary.logLikelihood) for k, m in models.items()}
+    scores = {k: gmm_bic(log_likelihoods[k], k, models[k].numFeatures, rows) for k in ks}
+    best = min(ks, key=lambda k: (scores[k], k))
+    return Selection("bic", scores, best, models[best], {"log_likelihood": log_likelihoods})
+
+
+def full_pipeline(preprocessing: Preprocessing, cluster_model: Transformer) -> PipelineModel:
+    """One PipelineModel from raw feature columns to the cluster id in `prediction`."""
+    return PipelineModel(stages=[*preprocessing.model.stages, cluster_model])
+
+
+# --- risk bands and profiles ---------------------------------------------------------------------
+
+
+def band_names(k: int, names: Sequence[str]) -> list[str]:
+    """k of the band names, evenly spread from the first to the last (lowest risk first).
+
+    The ends stay pinned, so the safest segment is always the first name and the riskiest the
+    last, whatever k the data chose; with as many clusters as names every name is used.
+    """
+    if not 1 <= k <= len(names):
+        raise ValueError(f"{k} clusters need at least {k} band names, got {len(names)}")
+    if k == 1:
+        return [names[0]]
+    step = (len(names) - 1) / (k - 1)
+    return [names[round(i * step)] for i in range(k)]
+
+
+class ClusterStats(BaseModel):
+    """Training-split statistics of one cluster."""
+
+    cluster: int
+    size: int
+    default_rate: float
+    feature_means: dict[str, float]
+
+
+def cluster_stats(
+    predictions: DataFrame, features: Sequence[str], label: str
+) -> list[ClusterStats]:
+    """Size, observed default rate and raw feature means (missing values skipped) per cluster."""
+    rows = (
+        predictions.groupBy(PREDICTION)
+        .agg(
+            F.count(F.lit(1)).alias("_size"),
+            F.avg(F.col(label).cast("double")).alias("_rate"),
+            *[F.avg(F.col(f).cast("double")).alias(f) for f in features],
+        )
+        .collect()
+    )
+    return [
+        ClusterStats(
+            cluster=int(r[PREDICTION]),
+            size=int(r["_size"]),
+            default_rate=float(r["_rate"]),
+            feature_means={f: float(r[f]) if r[f] is not None else math.nan for f in features},
+        )
+        for r in rows
+    ]
+
+
+def order_by_risk(stats: Sequence[ClusterStats], names: Sequence[str]) -> dict[int, str]:
+    """Map cluster id → band: clusters sorted by observed default rate, lowest to the first band."""
+    ordered = sorted(stats, key=lambda s: (s.default_rate, s.cluster))
+    bands = band_names(len(ordered), names)
+    return {s.cluster: band for s, band in zip(ordered, bands, strict=True)}
+
+
+# --- export and numpy assignment -----------------------------------------------------------------
+
+
+def export_params(
+    name: ModelName,
+    features: Sequence[str],
+    preprocessing: Preprocessing,
+    cluster_model: Transformer,
+    bands: dict[int, str],
+) -> SegmentParams:
+    """The fitted numbers of the pipeline as plain JSON-able parameters."""
+    scaler = preprocessing.model.stages[-1]
+    medians = preprocessing.medians
+    common: dict[str, Any] = {
+        "model": name,
+        "features": list(features),
+        "impute": [medians[f] for f in features],
+        "mean": scaler.mean.toArray().tolist(),
+        "std": scaler.std.toArray().tolist(),
+        "bands": bands,
+    }
+    if isinstance(cluster_model, KMeansModel):
+        centres = [c.tolist() for c in cluster_model.clusterCenters()]
+        return SegmentParams(k=len(centres), kmeans=KMeansParams(centres=centres), **common)
+    if isinstance(cluster_model, GaussianMixtureModel):
+        gaussians = cluster_model.gaussians
+        gmm = GmmParams(
+            weights=list(cluster_model.weights),
+            means=[g.mean.toArray().tolist() for g in gaussians],
+            covariances=[g.cov.toArray().tolist() for g in gaussians],
+            epsilon=SPARK_EPSILON,
+        )
+        return SegmentParams(k=len(gmm.weights), gmm=gmm, **common)
+    raise TypeError(f"cannot export {type(cluster_model).__name__}")
+
+
+def standardize(params: SegmentParams, rows: np.ndarray) -> np.ndarray:
+    """Impute missing values with the medians, then scale as Spark's StandardScaler does."""
+    x = np.asarray(rows, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(params.features):
+        raise ValueError(f"rows must be (n, {len(params.features)}) in order {params.features}")
+    x = np.where(np.isnan(x), np.asarray(params.impute), x)
+    std = np.asarray(params.std)
+    # Spark multiplies by 1/std (0 for a constant feature) rather than dividing: same bits.
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
+    return (x - np.asarray(params.mean)) * scale
+
+
+def _nearest_centre(kmeans: KMeansParams, z: np.ndarray) -> np.ndarray:
+    centres = np.asarray(kmeans.centres)
+    distances = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    return distances.argmin(axis=1)
+
+
+def _gaussian_logpdf(mean: np.ndarray, cov: np.ndarray, z: np.ndarray) -> np.ndarray:
+    # As Spark's MultivariateGaussian: eigen-decomposition, pseudo-inverse and pseudo-determinant,
+    # so a near-singular component scores points exactly as it does in Spark.
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    tol = SPARK_EPSILON * eigenvalues.max() * len(eigenvalues)
+    kept = eigenvalues > tol
+    log_pdet = float(np.log(eigenvalues[kept]).sum())
+    inv_root = np.where(kept, 1.0 / np.sqrt(np.where(kept, eigenvalues, 1.0)), 0.0)
+    root_sigma_inv = inv_root[:, None] * vectors.T
+    u = -0.5 * (len(mean) * math.log(2.0 * math.pi) + log_pdet)
+    v = root_sigma_inv @ mean - z @ root_sigma_inv.T
+    return u - 0.5 * (v * v).sum(axis=1)
+
+
+def _most_probable_component(gmm: GmmParams, z: np.ndarray) -> np.ndarray:
+    weighted = np.column_stack(
+        [
+            gmm.epsilon + w * np.exp(_gaussian_logpdf(np.asarray(m), np.asarray(c), z))
+            for w, m, c in zip(gmm.weights, gmm.means, gmm.covariances, strict=True)
+        ]
+    )
+    posterior = weighted / weighted.sum(axis=1, keepdims=True)
+    return posterior.argmax(axis=1)
+
+
+def assign_segment(params: dict[str, Any] | SegmentParams, rows: np.ndarray) -> list[int]:
+    """Cluster id of each row of raw feature values (NaN = missing), as Spark assigns it."""
+    p = params if isinstance(params, SegmentParams) else SegmentParams.model_validate(params)
+    z = standardize(p, rows)
+    if p.kmeans is not None:
+        return [int(c) for c in _nearest_centre(p.kmeans, z)]
+    if p.gmm is not None:
+        return [int(c) for c in _most_probable_component(p.gmm, z)]
+    raise ValueError("segment params carry neither kmeans nor gmm parameters")
+
+
+# --- profile chart -------------------------------------------------------------------------------
+
+
+def plot_profiles(
+    profiles: dict[str, list[dict[str, Any]]],
+    band_order: Sequence[str],
+    serving_model: str,
+    target: Path,
+) -> None:
+    """Bars of observed default rate per risk band, one panel per model, loan counts annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(profiles)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    top = max(s["default_rate"] for segs in profiles.values() for s in segs)
+    # One colour per band name, shared by every panel: "medium" looks the same in both models.
+    palette = dict(zip(band_order, plt.get_cmap("RdYlGn_r")(np.linspace(0.1, 0.9, len(band_order))),
+                       strict=True))
+    for ax, name in zip(axes[0], names, strict=True):
+        segments = profiles[name]
+        total = sum(s["size"] for s in segments)
+        overall = sum(s["size"] * s["default_rate"] for s in segments) / total
+        bars = ax.bar(
+            [s["band"] for s in segments],
+            [100 * s["default_rate"] for s in segments],
+            color=[palette[s["band"]] for s in segments],
+            edgecolor="black",
+        )
+        for bar, seg in zip(bars, segments, strict=True):
+            ax.annotate(
+                f"{100 * seg['default_rate']:.1f}%\nn={seg['size']:,} ({seg['size'] / total:.0%})",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center", va="bottom", fontsize=8,
+            )
+        ax.axhline(100 * overall, color="grey", linestyle="--", linewidth=1,
+                   label=f"all loans {100 * overall:.1f}%")
+        serving = " (serving)" if name == serving_model else ""
+        ax.set_title(f"{name}{serving}: k={len(segments)}")
+        ax.set_xlabel("risk band (training split)")
+        ax.set_ylabel("observed default rate (%)")
+        # Headroom for the two-line labels above the tallest bar.
+        ax.set_ylim(0, 100 * top * 1.3)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle("Risk segments: default rate and size per band")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=PLOT_DPI, format="png")
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""train_unsup on the real subsample: both segmentations, risk order, numpy parity, MLflow runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from src.agents.segmenter_agent import SegmenterAgent
+from src.contracts import SplitResult, TrainUnsupRequest, TrainUnsupResult
+from src.pipelines.segmentation import (
+    FEATURES_VECTOR,
+    MODEL_NAMES,
+    PREDICTION,
+    assign_segment,
+    band_names,
+    fit_gmm,
+    fit_kmeans,
+    fit_preprocessing,
+    full_pipeline,
+    gmm_free_parameters,
+)
+from src.utils.hashing import content_hash
+from src.utils.tracking import TRACKING_URI_ENV, configure_mlflow
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(split_project: Any, spark: Any) -> Iterator[tuple[Any, SplitResult, TrainUnsupResult]]:
+    """The agent run once on the split project, against the project's own SQLite MLflow store."""
+    from src.supervisor import load_result
+
+    # The embedded store inside the temporary project, whatever the developer's shell points at.
+    saved = os.environ.pop(TRACKING_URI_ENV, None)
+    try:
+        split = load_result(split_project, "split")
+        assert isinstance(split, SplitResult)
+        result = SegmenterAgent(split_project).handle(
+            "train_unsup", TrainUnsupRequest(train=split.train)
+        )
+        assert isinstance(result, TrainUnsupResult)
+        yield split_project, split, result
+    finally:
+        if saved is not None:
+            os.environ[TRACKING_URI_ENV] = saved
+
+
+def _features_and_predictions(cfg: Any, spark: Any, name: str, path: str) -> tuple[Any, Any]:
+    from pyspark.ml import PipelineModel
+
+    model = PipelineModel.load(str(cfg.path(f"{cfg.segment.models_dir}/{name}/model")))
+    rows = model.transform(spark.read.parquet(str(cfg.path(path))))
+    return rows.select(*cfg.segment.features, "default", PREDICTION).toPandas()
+
+
+def test_both_models_chose_k_within_range(trained: Any) -> None:
+    cfg, _, result = trained
+    low, high = cfg.segment.k_range
+    assert set(result.models) == set(MODEL_NAMES)
+    assert result.serving_model == cfg.segment.serving_model
+    for model in result.models.values():
+        assert low <= model.k <= high
+        assert sorted(model.selection) == list(range(low, high + 1))
+        assert len(model.segments) == model.k
+        assert sum(s.size for s in model.segments) == trained[1].train.rows
+    kmeans, gmm = result.models["kmeans"], result.models["gmm"]
+    assert kmeans.k == max(kmeans.selection, key=kmeans.selection.__getitem__)
+    assert gmm.k == min(gmm.selection, key=gmm.selection.__getitem__)
+    assert all(-1.0 <= s <= 1.0 for s in kmeans.selection.values())
+
+
+def test_artifacts_on_disk_match_their_hashes(trained: Any) -> None:
+    cfg, _, result = trained
+    for name, model in result.models.items():
+        for artifact in (model.path, model.params_file):
+            assert artifact.path.startswith(f"{cfg.segment.models_dir}/{name}/")
+            assert content_hash(cfg.path(artifact.path)) == artifact.sha256
+    assert cfg.path(result.profile_plot).read_bytes().startswith(b"\x89PNG")
+    report = json.loads(cfg.path(f"{cfg.supervisor.reports_dir}/segments.json").read_text())
+    assert report["serving_model"] == cfg.segment.serving_model
+    assert set(report["models"]) == set(MODEL_NAMES)
+
+
+def test_bands_strictly_ordered_by_training_default_rate(trained: Any) -> None:
+    cfg, _, result = trained
+    for model in result.models.values():
+        rates = [s.default_rate for s in model.segments]
+        assert all(a < b for a, b in itertools.pairwise(rates)), rates
+        assert [s.band for s in model.segments] == band_names(model.k, cfg.segment.risk_bands)
+        assert model.segments[0].band == cfg.segment.risk_bands[0]
+        assert model.segments[-1].band == cfg.segment.risk_bands[-1]
+
+
+def test_extreme_bands_keep_their_order_on_the_test_split(trained: Any, spark: Any) -> None:
+    cfg, split, result = trained
+    serving = result.models[result.serving_model]
+    rows = _features_and_predictions(cfg, spark, serving.name, split.test.path)
+    rates = rows.groupby(PREDICTION)["default"].mean()
+    safest, riskiest = serving.segments[0].cluster, serving.segments[-1].cluster
+    assert rates[safest] < rates[riskiest], rates.to_dict()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_numpy_assignment_equals_spark_on_every_test_row(
+    trained: Any, spark: Any, name: str
+) -> None:
+    cfg, split, result = trained
+    params = json.loads(cfg.path(result.models[name].params_file.path).read_text())
+    rows = _features_and_predictions(cfg, spark, name, split.test.path)
+    raw = rows[cfg.segment.features].astype("float64").to_numpy()
+    assert np.isnan(raw).any(), "the test split should exercise imputation"
+    assert assign_segment(params, raw) == rows[PREDICTION].astype(int).tolist()
+
+
+def test_mlflow_runs_hold_params_metrics_artifacts_and_a_loadable_model(
+    trained: Any, spark: Any
+) -> None:
+    import mlflow
+    import mlflow.spark
+
+    cfg, split, result = trained
+    saved = os.environ.pop(TRACKING_URI_ENV, None)
+    try:
+        configure_mlflow(cfg)
+        client = mlflow.MlflowClient()
+        for name, model in result.models.items():
+            run = client.get_run(model.run_id)
+            assert run.data.params["model"] == name
+            assert run.data.params["seed"] == str(cfg.seed)
+            assert run.data.metrics["chosen_k"] == model.k
+            metric = "silhouette" if name == "kmeans" else "bic"
+            history = {m.step: m.value for m in client.get_metric_history(model.run_id, metric)}
+            assert history == pytest.approx(model.selection)
+            artifacts = {a.path for a in client.list_artifacts(model.run_id, "reports")}
+            assert {"reports/segments.json", "reports/segments.png"} <= artifacts
+            assert client.list_artifacts(model.run_id, "segmentation")
+            loaded = mlflow.spark.load_model(model.model_uri)
+            test = spark.read.parquet(str(cfg.path(split.test.path)))
+            assert loaded.transform(test).select(PREDICTION).count() == split.test.rows
+    finally:
+        if saved is not None:
+            os.environ[TRACKING_URI_ENV] = saved
+
+
+def test_same_seed_gives_the_same_assignments(trained: Any, spark: Any) -> None:
+    cfg, split, result = trained
+    seg = cfg.segment
+    train = spark.read.parquet(str(cfg.path(split.train.path)))
+    test = spark.read.parquet(str(cfg.path(split.test.path)))
+    preprocessing = fit_preprocessing(train, seg.features)
+    scaled = preprocessing.model.transform(train).select(FEATURES_VECTOR).cache()
+    fits = {"kmeans": fit_kmeans, "gmm": fit_gmm}
+    for name, fit in fits.items():
+        model = fit(scaled, result.models[name].k, cfg.seed, seg.max_iter)
+        again = full_pipeline(preprocessing, model).transform(test).select(PREDICTION).toPandas()
+        saved = _features_and_predictions(cfg, spark, name, split.test.path)
+        assert again[PREDICTION].tolist() == saved[PREDICTION].tolist()
+    scaled.unpersist()
+
+
+def test_band_names_spread_evenly_with_the_ends_pinned() -> None:
+    names = ["very_low", "low", "medium", "high", "very_high", "extreme"]
+    assert band_names(3, names) == ["very_low", "medium", "extreme"]
+    assert band_names(6, names) == names
+    for k in range(2, len(names) + 1):
+        chosen = band_names(k, names)
+        assert len(set(chosen)) == k and chosen[0] == names[0] and chosen[-1] == names[-1]
+
+
+def test_gmm_free_parameters_of_a_full_covariance_mixture() -> None:
+    # 2 components in 2-d: 2×2 means + 2×3 covariance entries + 1 free weight.
+    assert gmm_free_parameters(2, 2) == 11
