@@ -35,6 +35,17 @@ def split_stratified(
     )
 
 
+# Salted so the validation slice is not the continuation of the test split's hash order.
+VALIDATION_SALT = ":validation"
+
+
+def split_fit_validation(
+    train: DataFrame, fraction: float, seed: int
+) -> tuple[DataFrame, DataFrame]:
+    """The training split as (fit, validation): the slice every stage validates and tunes on."""
+    return split_stratified(train, fraction, seed, salt=VALIDATION_SALT)
+
+
 def time_cutoff(loans: DataFrame, test_fraction: float) -> date:
     """First issue month of the latest months holding at least `test_fraction` of the loans."""
     months = loans.groupBy("issue_d").count().orderBy(F.col("issue_d").desc()).collect()

@@ -194,6 +194,7 @@ class ServingConfig(Section):
     poll_interval_s: float = Field(gt=0)
     reload_token_env: str
     top_factors: int = Field(ge=0)
+    onnx_threads: int = Field(ge=1)
 
 
 class Config(Section):

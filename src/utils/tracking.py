@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from src.utils.config import Config
 from src.utils.logging import get_logger
@@ -35,13 +36,24 @@ def resolve_tracking_uri(cfg: Config) -> tuple[str, bool]:
     return uri, True
 
 
+def _set_tracking_uri(mlflow: Any, uri: str) -> None:
+    # MLflow copies the URI into MLFLOW_TRACKING_URI; left there, the next project configured in
+    # this process would take it for a user's server override. Keep the variable as it was.
+    before = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop(TRACKING_URI_ENV, None)
+    else:
+        os.environ[TRACKING_URI_ENV] = before
+
+
 def configure_mlflow(cfg: Config) -> str:
     """Point MLflow at the configured store and return the experiment id (created if absent)."""
     _disable_telemetry()
     import mlflow  # after the telemetry switch: MLflow reads it at import
 
     uri, embedded = resolve_tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
+    _set_tracking_uri(mlflow, uri)
     name = cfg.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:

@@ -1,0 +1,239 @@
+"""TrainerAgent: training split → supervised default models, each an MLflow run and a DVC out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.spark
+import pyspark
+from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession
+
+from src.agents.base import Agent, Skill
+from src.contracts import (
+    Artifact,
+    ModelMetrics,
+    TrainedModel,
+    TrainSupRequest,
+    TrainSupResult,
+)
+from src.pipelines.classifiers import (
+    PROBABILITY_COLUMN,
+    ModelName,
+    classifier_params,
+    fit_pipeline,
+)
+from src.pipelines.feature_spec import FeatureSpec
+from src.pipelines.metrics import binary_metrics, positive_probability
+from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.spec_fitting import fit_feature_spec
+from src.pipelines.splitting import split_fit_validation
+from src.utils.atomic import atomic_path
+from src.utils.config import Config
+from src.utils.errors import DataError
+from src.utils.hashing import content_hash
+from src.utils.logging import get_logger
+from src.utils.spark import get_spark
+from src.utils.tracking import configure_mlflow, git_commit
+
+log = get_logger(agent="TrainerAgent")
+
+MODEL_DIR = "model"
+SPEC_FILE = "feature_spec.json"
+VALIDATION_FILE = "validation_predictions.parquet"
+MLFLOW_MODEL_NAME = "model"
+# Explicit requirements: without them MLflow spends ~20 s per model inferring them.
+PIP_REQUIREMENTS = [f"mlflow=={mlflow.__version__}", f"pyspark=={pyspark.__version__}"]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The fit and validation parts of the training split, the test split and the fitted spec."""
+
+    fit: DataFrame
+    validation: DataFrame
+    test: DataFrame
+    spec: FeatureSpec
+
+    def unpersist(self) -> None:
+        for df in (self.fit, self.validation, self.test):
+            df.unpersist()
+
+
+def _read_split(spark: SparkSession, cfg: Config, artifact: Artifact, side: str) -> DataFrame:
+    path = cfg.path(artifact.path)
+    if not path.exists():
+        raise DataError(f"train_sup: the {side} split {artifact.path} is missing; run split")
+    df = spark.read.parquet(str(path))
+    if df.isEmpty():
+        raise DataError(f"train_sup: the {side} split {artifact.path} has no rows")
+    return df
+
+
+def _spread(df: DataFrame, partitions: int) -> DataFrame:
+    # The stratified window leaves one partition per label; hashing the key spreads rows over the
+    # cores, and sorting fixes their order, which seeded sampling inside the estimators depends on.
+    spread = df.repartition(partitions, KEY_COLUMN).sortWithinPartitions(KEY_COLUMN)
+    return spread.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def load_training_data(spark: SparkSession, cfg: Config, request: TrainSupRequest) -> TrainingData:
+    """Read both splits, carve the validation slice, fit the feature spec on the fit part only.
+
+    The three frames come back persisted: call `unpersist` when done.
+    """
+    train = _read_split(spark, cfg, request.train, "train")
+    test = _read_split(spark, cfg, request.test, "test")
+    fit, validation = split_fit_validation(train, cfg.train.validation_fraction, cfg.seed)
+    partitions = cfg.spark.shuffle_partitions
+    fit, validation, test = (_spread(df, partitions) for df in (fit, validation, test))
+    spec = fit_feature_spec(fit, cfg.train.numeric, cfg.train.categorical, cfg.train.spec)
+    return TrainingData(fit=fit, validation=validation, test=test, spec=spec)
+
+
+def predictions(model: PipelineModel, df: DataFrame) -> DataFrame:
+    """Key, label and probability of default of every row of `df`."""
+    return model.transform(df).select(
+        KEY_COLUMN,
+        LABEL_COLUMN,
+        positive_probability(PROBABILITY_COLUMN).alias(PROBABILITY_COLUMN),
+    )
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    model: PipelineModel
+    params: dict[str, Any]
+    seconds: float
+    validation: ModelMetrics
+    test: ModelMetrics
+    validation_predictions: DataFrame
+
+
+class TrainerAgent(Agent):
+    """Supervised training: random forest, GBT and MLP default models, tracked in MLflow."""
+
+    skills = (Skill("train_sup", TrainSupRequest, TrainSupResult, "train"),)
+
+    def _relative(self, path: Path) -> str:
+        resolved = path.resolve()
+        root = self.cfg.root.resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+    def _artifact(self, path: Path, rows: int | None = None) -> Artifact:
+        return Artifact(path=self._relative(path), sha256=content_hash(path), rows=rows)
+
+    def train(self, request: TrainSupRequest) -> TrainSupResult:
+        """Train every model of `train.models` on the training split; each becomes an MLflow run."""
+        spark = get_spark(self.cfg.spark)
+        experiment_id = configure_mlflow(self.cfg)
+        commit = git_commit(self.cfg.root)
+        data = load_training_data(spark, self.cfg, request)
+        names: list[ModelName] = list(self.cfg.train.models)
+        models: dict[str, TrainedModel] = {}
+        try:
+            for done, name in enumerate(names, start=1):
+                models[name] = self._train_one(name, data, request, experiment_id, commit)
+                log.info("train.progress", done=done, total=len(names), model=name)
+        finally:
+            data.unpersist()
+        return TrainSupResult(
+            train_data_sha256=request.train.sha256,
+            git_commit=commit,
+            experiment=self.cfg.mlflow.experiment,
+            models=models,
+        )
+
+    def _fit(self, name: ModelName, data: TrainingData) -> _Fitted:
+        train_cfg = self.cfg.train
+        params = train_cfg.models[name]
+        grid = train_cfg.grids.get(name) if train_cfg.search else None
+        started = time.perf_counter()
+        model = fit_pipeline(
+            name, data.fit, data.spec, params, self.cfg.seed, train_cfg.balance,
+            grid=grid, search_train_ratio=1.0 - train_cfg.validation_fraction,
+        )
+        seconds = round(time.perf_counter() - started, 3)
+        validation_predictions = predictions(model, data.validation)
+        return _Fitted(
+            model=model,
+            params=classifier_params(model, sorted({*params, *(grid or {})})),
+            seconds=seconds,
+            validation=binary_metrics(validation_predictions, LABEL_COLUMN, PROBABILITY_COLUMN),
+            test=binary_metrics(predictions(model, data.test), LABEL_COLUMN, PROBABILITY_COLUMN),
+            validation_predictions=validation_predictions,
+        )
+
+    def _save(self, name: str, fitted: _Fitted, spec: FeatureSpec) -> Path:
+        """Write model, spec and validation predictions to models/supervised/<name>/ at once."""
+        target = self.cfg.path(self.cfg.train.models_dir) / name
+        with atomic_path(target) as tmp:
+            tmp.mkdir(parents=True)
+            fitted.model.save(str(tmp / MODEL_DIR))
+            (tmp / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
+            fitted.validation_predictions.orderBy(KEY_COLUMN).write.parquet(
+                str(tmp / VALIDATION_FILE)
+            )
+        return target
+
+    def _train_one(
+        self,
+        name: ModelName,
+        data: TrainingData,
+        request: TrainSupRequest,
+        experiment_id: str,
+        commit: str | None,
+    ) -> TrainedModel:
+        log.info("train.model.start", model=name, features=len(data.spec.features),
+                 balance=self.cfg.train.balance, search=self.cfg.train.search)
+        fitted = self._fit(name, data)
+        folder = self._save(name, fitted, data.spec)
+        validation_rows = fitted.validation_predictions.count()
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+            mlflow.set_tags({"model": name, "stage": "train_sup"})
+            mlflow.log_params(
+                {
+                    **{f"model.{k}": v for k, v in fitted.params.items()},
+                    "model": name,
+                    "seed": self.cfg.seed,
+                    "balance": self.cfg.train.balance,
+                    "search": self.cfg.train.search,
+                    "validation_fraction": self.cfg.train.validation_fraction,
+                    "validation_rows": validation_rows,
+                    "n_features": len(data.spec.features),
+                    "train_data_sha256": request.train.sha256,
+                    "feature_spec_sha256": data.spec.sha256(),
+                    "git_commit": commit,
+                }
+            )
+            mlflow.log_metrics(
+                {
+                    **{f"validation_{k}": v for k, v in fitted.validation.model_dump().items()},
+                    **{f"test_{k}": v for k, v in fitted.test.model_dump().items()},
+                    "train_seconds": fitted.seconds,
+                }
+            )
+            mlflow.log_artifact(str(folder / SPEC_FILE))
+            info = mlflow.spark.log_model(
+                fitted.model, MLFLOW_MODEL_NAME, pip_requirements=PIP_REQUIREMENTS
+            )
+        log.info("train.model.done", model=name, seconds=fitted.seconds,
+                 auc=round(fitted.validation.auc_roc, 4), test_auc=round(fitted.test.auc_roc, 4),
+                 run_id=run.info.run_id)
+        return TrainedModel(
+            name=name,
+            run_id=run.info.run_id,
+            model_uri=info.model_uri,
+            path=self._artifact(folder / MODEL_DIR),
+            feature_spec=self._artifact(folder / SPEC_FILE),
+            validation_predictions=self._artifact(folder / VALIDATION_FILE, validation_rows),
+            params=fitted.params,
+            validation=fitted.validation,
+            test=fitted.test,
+            train_seconds=fitted.seconds,
+        )
