@@ -13,11 +13,10 @@ import pytest
 
 from src.agents.segmenter_agent import SegmenterAgent
 from src.contracts import SplitResult, TrainUnsupRequest, TrainUnsupResult
+from src.pipelines.segment_params import MODEL_NAMES, assign_segment
 from src.pipelines.segmentation import (
     FEATURES_VECTOR,
-    MODEL_NAMES,
     PREDICTION,
-    assign_segment,
     band_names,
     fit_gmm,
     fit_kmeans,

@@ -23,11 +23,10 @@ from src.contracts import (
     TrainUnsupResult,
 )
 from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.segment_params import MODEL_NAMES, ModelName
 from src.pipelines.segmentation import (
     FEATURES_VECTOR,
-    MODEL_NAMES,
     PREDICTION,
-    ModelName,
     Preprocessing,
     Selection,
     cluster_stats,
