@@ -196,7 +196,7 @@ class Interval(Message):
 class ThresholdChoice(Message):
     rule: Literal["profit", "f1", "youden"]
     value: float = Field(description="probability of default at or above which a loan is declined")
-    chosen_on: str = Field(description="the data the threshold was chosen on (never the test split)")
+    chosen_on: str = Field(description="data the threshold was chosen on (never the test split)")
 
 
 class ConfusionMatrix(Message):
@@ -258,6 +258,9 @@ class RegisterRequest(Message):
     train_sup: TrainSupResult
     train_unsup: TrainUnsupResult
     evaluate: EvaluateResult
+    split: SplitResult | None = Field(
+        default=None, description="for the model card's data periods; read from reports/ if absent"
+    )
 
 
 class RegisterResult(StageResult):
@@ -292,3 +295,6 @@ class ScoreResult(StageResult):
     unscored_reasons: dict[str, int]
     output: str
     unscored_output: str
+    input_rows: int = Field(default=0, description="data records read, footers included")
+    footer_rows: int = Field(default=0, description="summary lines of the export: not loans")
+    open_loans: int = Field(default=0, description="scored loans without a final outcome yet")

@@ -29,10 +29,12 @@ from tenacity import (
 
 from src.agents.base import Agent, Skill
 from src.agents.data_agent import DataAgent
+from src.agents.evaluator_agent import EvaluatorAgent
 from src.agents.feature_agent import FeatureAgent
 from src.agents.segmenter_agent import SegmenterAgent
 from src.agents.trainer_agent import TrainerAgent
 from src.contracts import (
+    EvaluateRequest,
     FetchRequest,
     Message,
     PrepRequest,
@@ -99,6 +101,14 @@ STAGES: dict[str, Stage] = {
             SegmenterAgent,
             ("split",),
             lambda _, up: TrainUnsupRequest(train=up["split"].train),
+        ),
+        Stage(
+            "evaluate",
+            EvaluatorAgent,
+            ("split", "train_sup", "train_unsup"),
+            lambda _, up: EvaluateRequest(
+                test=up["split"].test, train_sup=up["train_sup"], train_unsup=up["train_unsup"]
+            ),
         ),
     )
 }
@@ -239,6 +249,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None)
     sub.add_parser("agents", help="list the agents and the contracts they take and return")
     sub.add_parser("status", help="last result of each stage")
+    serve = sub.add_parser("serve", help="run the REST API (default 127.0.0.1:8000, ONNX)")
+    serve.add_argument("--host", default=None, help="default serving.host")
+    serve.add_argument("--port", type=int, default=None, help="default serving.port")
+    serve.add_argument("--backend", choices=["onnx", "spark"], default=None,
+                       help="default serving.backend (spark: for comparison only)")
+    serve.add_argument("--bundle", type=Path, default=None,
+                       help="a bundle folder (e.g. models/registered) instead of the registry")
+    score = sub.add_parser("score", help="score a raw LendingClub CSV(.gz) with the champion")
+    score.add_argument("--input", required=True, help="raw LendingClub CSV or CSV.gz")
+    score.add_argument("--output", required=True, help="predictions CSV to write")
+    score.add_argument("--model", default=None, help="model URI (default serving.model_uri)")
+    score.add_argument("--run-id", default=None)
     return parser
 
 
@@ -259,6 +281,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(cfg.path(cfg.supervisor.logs_dir) / "pipeline.jsonl")
         if args.command == "status":
             _print_status(cfg)
+            return 0
+        if args.command == "serve":
+            from src.agents.serving_agent import ServingAgent
+
+            ServingAgent(cfg).serve(args.host, args.port, args.backend, args.bundle)
+            return 0
+        if args.command == "score":
+            from src.agents.serving_agent import run_score
+            from src.contracts import ScoreRequest
+
+            request = ScoreRequest(
+                input_path=args.input,
+                output_path=args.output,
+                model_uri=args.model or cfg.serving.model_uri,
+            )
+            run_score(cfg, request, run_id)
             return 0
         names = list(STAGES) if args.stage == "all" else [args.stage]
         run_stages(cfg, names, run_id)

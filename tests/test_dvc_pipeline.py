@@ -68,19 +68,48 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path) -> None:
 def test_push_then_fresh_clone_pull_restores_everything(dvc_repo: Path, tmp_path: Path) -> None:
     """The quick start's optional `dvc pull`: a fresh clone gets data, models and reports back."""
     storage = tmp_path / "storage"
-    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "storage", "url", str(storage)],
-        dvc_repo)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "remote",
+            "modify",
+            "--local",
+            "storage",
+            "url",
+            str(storage),
+        ],
+        dvc_repo,
+    )
     run([sys.executable, "-m", "dvc", "push"], dvc_repo)
     run(["git", "add", "dvc.lock"], dvc_repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], dvc_repo)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(dvc_repo), str(clone)], tmp_path)
-    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "storage", "url", str(storage)],
-        clone)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "remote",
+            "modify",
+            "--local",
+            "storage",
+            "url",
+            str(storage),
+        ],
+        clone,
+    )
     run([sys.executable, "-m", "dvc", "pull"], clone)
-    outs = ["data/raw/loans.csv.gz", "data/processed/M.parquet", "data/split/train.parquet",
-            "reports/prep.json", "reports/split.json"]
+    outs = [
+        "data/raw/loans.csv.gz",
+        "data/processed/M.parquet",
+        "data/split/train.parquet",
+        "reports/prep.json",
+        "reports/split.json",
+    ]
     for out in outs:
         assert (clone / out).exists(), out
     assert (clone / "reports/prep.json").read_text() == (dvc_repo / "reports/prep.json").read_text()

@@ -1,0 +1,300 @@
+"""evaluate on the real 8000-loan subsample: small models trained once, evaluated twice.
+
+The second evaluation sees the same test loans with every label flipped: metrics must change and
+every threshold must not, which proves the thresholds come from training data alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyspark.sql import functions as F
+
+from src.agents.evaluator_agent import EvaluatorAgent
+from src.contracts import (
+    Artifact,
+    EvaluateRequest,
+    EvaluateResult,
+    SplitResult,
+    StageResult,
+    TrainSupRequest,
+    TrainSupResult,
+    TrainUnsupRequest,
+    TrainUnsupResult,
+)
+from src.pipelines.raw_schema import LABEL_COLUMN
+from src.pipelines.references import LOGISTIC_REFERENCE, SUB_GRADE_REFERENCE
+from src.pipelines.thresholds import choose_threshold
+from src.utils.atomic import atomic_write_json
+from src.utils.errors import DataError
+from src.utils.hashing import content_hash
+from src.utils.tracking import TRACKING_URI_ENV
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("random_forest", "gbt", "mlp")
+REPORTS = "reports/evaluate_test"
+# Small, fast models: the file must run in about three minutes on two cores.
+OVERRIDES: dict[str, Any] = {
+    "supervisor": {"reports_dir": REPORTS},
+    "mlflow": {
+        "tracking_uri": "sqlite:///mlruns_evaluate/mlflow.db",
+        "artifact_root": "mlruns_evaluate/artifacts",
+        "experiment": "evaluate-test",
+    },
+    "train": {
+        "models_dir": "models/evaluate_test/supervised",
+        "models": {
+            "random_forest": {"numTrees": 30, "maxDepth": 6},
+            "gbt": {"maxIter": 20},
+            "mlp": {"maxIter": 100},
+        },
+    },
+    "segment": {
+        "models_dir": "models/evaluate_test/segmentation",
+        "k_range": [3, 4],
+        "profile_plot": f"{REPORTS}/plots/segments.png",
+    },
+    "evaluate": {"plots_dir": f"{REPORTS}/plots", "metrics_path": f"{REPORTS}/metrics.json"},
+}
+FLIPPED: dict[str, Any] = {
+    "evaluate": {
+        "plots_dir": "reports/evaluate_flipped/plots",
+        "metrics_path": "reports/evaluate_flipped/metrics.json",
+    }
+}
+# Chance is 0.5; a 1.6k-loan test slice has an AUC standard error of ~0.015.
+MIN_MODEL_AUC = 0.6
+MIN_PLOT_BYTES = 5_000
+
+
+def _config(split_project: Any, extra: dict[str, Any] | None = None) -> Any:
+    from src.utils.config import deep_merge, load_config
+
+    return load_config(
+        split_project.root / "params.yaml", overrides=deep_merge(OVERRIDES, extra or {})
+    )
+
+
+def _run(cfg: Any, stage: str, agent: Any, request: Any) -> StageResult:
+    """As the supervisor runs a stage when it is registered; else the agent, report written here."""
+    from src.supervisor import STAGES, run_stage
+    from src.utils.logging import clear_context
+
+    if stage in STAGES:
+        result = run_stage(cfg, stage, run_id="test-evaluate")
+        clear_context()
+        return result
+    result = agent(cfg).handle(stage, request)
+    atomic_write_json(cfg.report_path(stage), result.model_dump(mode="json"))
+    return result
+
+
+@pytest.fixture(scope="module")
+def no_tracking_server() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(TRACKING_URI_ENV, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def upstream(
+    spark: Any, split_project: Any, no_tracking_server: None
+) -> tuple[Any, SplitResult, TrainSupResult, TrainUnsupResult]:
+    """train_sup and train_unsup run once, into this module's own reports, models and store."""
+    from src.agents.segmenter_agent import SegmenterAgent
+    from src.agents.trainer_agent import TrainerAgent
+    from src.supervisor import load_result
+
+    cfg = _config(split_project)
+    # This module's reports folder starts from the shared project's split result.
+    cfg.report_path("split").parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(split_project.report_path("split"), cfg.report_path("split"))
+    split = load_result(cfg, "split")
+    assert isinstance(split, SplitResult)
+    sup = _run(cfg, "train_sup", TrainerAgent, TrainSupRequest(train=split.train, test=split.test))
+    unsup = _run(cfg, "train_unsup", SegmenterAgent, TrainUnsupRequest(train=split.train))
+    assert isinstance(sup, TrainSupResult) and isinstance(unsup, TrainUnsupResult)
+    return cfg, split, sup, unsup
+
+
+@pytest.fixture(scope="module")
+def evaluated(upstream: Any) -> tuple[Any, EvaluateResult]:
+    cfg, split, sup, unsup = upstream
+    request = EvaluateRequest(test=split.test, train_sup=sup, train_unsup=unsup)
+    result = _run(cfg, "evaluate", EvaluatorAgent, request)
+    assert isinstance(result, EvaluateResult)
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def flipped(spark: Any, upstream: Any) -> tuple[Any, EvaluateResult, int]:
+    """The stage on the test loans with every label flipped (and its own output paths)."""
+    cfg, split, sup, unsup = upstream
+    test = spark.read.parquet(str(cfg.path(split.test.path)))
+    label_type = test.schema[LABEL_COLUMN].dataType
+    flipped_test = test.withColumn(LABEL_COLUMN, (1 - F.col(LABEL_COLUMN)).cast(label_type))
+    target = cfg.path("data/split/test_flipped.parquet")
+    flipped_test.write.mode("overwrite").parquet(str(target))
+    artifact = Artifact(
+        path="data/split/test_flipped.parquet", sha256=content_hash(target), rows=split.test.rows
+    )
+    request = EvaluateRequest(test=artifact, train_sup=sup, train_unsup=unsup)
+    result = EvaluatorAgent(_config(cfg, FLIPPED)).handle("evaluate", request)
+    assert isinstance(result, EvaluateResult)
+    return cfg, result, split.test_side.rows
+
+
+def test_models_and_references_are_evaluated_and_beat_chance(evaluated: Any) -> None:
+    _, result = evaluated
+    assert set(result.evaluations) == {*MODELS, SUB_GRADE_REFERENCE, LOGISTIC_REFERENCE}
+    for name, e in result.evaluations.items():
+        assert e.kind == ("model" if name in MODELS else "reference")
+        print(f"{name:15s} AUC {e.auc_roc:.3f} [{e.auc_roc_ci.low:.3f}, {e.auc_roc_ci.high:.3f}] "
+              f"AP {e.auc_pr:.3f} KS {e.ks:.3f} Brier {e.brier:.3f} threshold "
+              f"{e.threshold.value:.3f}")
+    for name in MODELS:
+        assert result.evaluations[name].auc_roc >= MIN_MODEL_AUC, result.evaluations[name]
+    # sub_grade alone already ranks loans; a reference below chance would mean a broken join.
+    assert result.evaluations[SUB_GRADE_REFERENCE].auc_roc > 0.5
+
+
+def test_every_metric_is_in_range(evaluated: Any, upstream: Any) -> None:
+    _, result = evaluated
+    _, split, _, _ = upstream
+    for e in result.evaluations.values():
+        for value in (e.auc_roc, e.auc_pr, e.ks, e.brier, e.calibration_error, e.precision,
+                      e.recall, e.f1, e.threshold.value):
+            assert 0.0 <= value <= 1.0, e
+        assert e.auc_roc_ci.low <= e.auc_roc <= e.auc_roc_ci.high
+        assert e.auc_pr_ci.low <= e.auc_pr <= e.auc_pr_ci.high
+        assert e.gini == pytest.approx(2 * e.auc_roc - 1)
+        assert e.log_loss > 0
+        c = e.confusion
+        assert c.tn + c.fp + c.fn + c.tp == split.test_side.rows
+        assert c.fn + c.tp == split.test_side.defaults
+        if c.tp + c.fp:
+            assert e.precision == pytest.approx(c.tp / (c.tp + c.fp))
+
+
+def test_thresholds_come_from_the_validation_slice(
+    spark: Any, evaluated: Any, flipped: Any, upstream: Any
+) -> None:
+    cfg, result = evaluated
+    _, flipped_result, _ = flipped
+    _, _, sup, _ = upstream
+    for name, e in result.evaluations.items():
+        other = flipped_result.evaluations[name]
+        assert "validation slice" in e.threshold.chosen_on
+        assert other.threshold == e.threshold, name
+        # Flipping the test labels mirrors the ranking metrics: the test data did reach them.
+        assert other.auc_roc == pytest.approx(1 - e.auc_roc, abs=1e-9)
+    # And the models' thresholds are exactly the rule's optimum on the trainer's validation rows.
+    for name, model in sup.models.items():
+        rows = spark.read.parquet(str(cfg.path(model.validation_predictions.path))).toPandas()
+        expected, _ = choose_threshold(rows[LABEL_COLUMN].to_numpy(float),
+                                       rows["probability"].to_numpy(float),
+                                       cfg.evaluate.threshold)
+        assert result.evaluations[name].threshold.value == expected
+
+
+def test_best_model_is_the_argmax_of_the_primary_metric(evaluated: Any) -> None:
+    cfg, result = evaluated
+    metric = cfg.evaluate.primary_metric
+    assert result.primary_metric == metric
+    scores = {n: getattr(result.evaluations[n], metric) for n in MODELS}
+    assert result.best_model == max(scores, key=scores.__getitem__)
+
+
+def test_metrics_file_matches_the_result(evaluated: Any) -> None:
+    cfg, result = evaluated
+    path = cfg.path(result.metrics_file.path)
+    assert result.metrics_file.sha256 == content_hash(path)
+    metrics = json.loads(path.read_text())
+    assert metrics["best_model"] == result.best_model
+    for name, e in result.evaluations.items():
+        flat = metrics[name]
+        assert all(isinstance(v, int | float) for v in flat.values()), flat
+        assert flat["auc_roc"] == pytest.approx(e.auc_roc)
+        assert flat["auc_roc_low"] == pytest.approx(e.auc_roc_ci.low)
+        assert flat["auc_pr_high"] == pytest.approx(e.auc_pr_ci.high)
+        assert flat["threshold"] == pytest.approx(e.threshold.value)
+        assert flat["tp"] == e.confusion.tp
+    assert set(metrics["segments"]) == {s.band for s in result.segments}
+    saved = EvaluateResult.model_validate_json(cfg.report_path("evaluate").read_text())
+    assert saved.evaluations == result.evaluations
+
+
+def test_plots_are_written_and_not_trivial(evaluated: Any) -> None:
+    cfg, result = evaluated
+    names = {p.rsplit("/", 1)[-1] for p in result.plots}
+    assert names == {"roc.png", "pr.png", "calibration.png", "ks.png", "confusion.png",
+                     "threshold.png", "feature_importance.png", "segment_risk.png"}
+    for plot in result.plots:
+        assert not plot.startswith("/")
+        path = cfg.path(plot)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > MIN_PLOT_BYTES, plot
+
+
+def test_segments_cover_the_test_split_in_risk_order(evaluated: Any, upstream: Any) -> None:
+    _, result = evaluated
+    _, split, _, unsup = upstream
+    serving = unsup.models[unsup.serving_model]
+    order = [s.band for s in serving.segments]
+    assert [s.band for s in result.segments] == [b for b in order if b in
+                                                  {s.band for s in result.segments}]
+    assert sum(s.size for s in result.segments) == split.test_side.rows
+    weighted = sum(s.size * s.default_rate for s in result.segments) / split.test_side.rows
+    assert weighted == pytest.approx(split.test_side.default_share, abs=1e-6)
+    for s in result.segments:
+        assert 0 <= s.default_rate <= 1 and 0 < s.mean_predicted < 1
+    # Bands were ordered by training default rate; the riskiest stays riskier on test loans.
+    assert result.segments[-1].default_rate > result.segments[0].default_rate
+
+
+def test_metrics_are_in_mlflow(evaluated: Any, upstream: Any) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from src.utils.tracking import configure_mlflow
+
+    cfg, result = evaluated
+    _, _, sup, _ = upstream
+    experiment_id = configure_mlflow(cfg)
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], "tags.stage = 'evaluate'")
+    assert runs, "no evaluation run"
+    run = min(runs, key=lambda r: r.info.start_time)  # the flipped run may have come after
+    for name, e in result.evaluations.items():
+        assert run.data.metrics[f"{name}.auc_roc"] == pytest.approx(e.auc_roc)
+    assert run.data.tags["best_model"] == result.best_model
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
+    assert {f"plots/{p.rsplit('/', 1)[-1]}" for p in result.plots} == logged
+    for name, model in sup.models.items():
+        history = client.get_metric_history(model.run_id, "test_auc_roc")
+        assert any(m.value == pytest.approx(result.evaluations[name].auc_roc) for m in history)
+        # The trainer's Spark AUC and this numpy AUC are the same number on the same loans.
+        assert model.test.auc_roc == pytest.approx(result.evaluations[name].auc_roc, abs=1e-9)
+
+
+def test_a_missing_input_is_a_clear_data_error(upstream: Any) -> None:
+    cfg, split, sup, unsup = upstream
+    gone = split.test.model_copy(update={"path": "data/split/nowhere.parquet"})
+    request = EvaluateRequest(test=gone, train_sup=sup, train_unsup=unsup)
+    with pytest.raises(DataError, match="test split"):
+        EvaluatorAgent(cfg).handle("evaluate", request)
+    missing = {
+        name: model.model_copy(
+            update={"validation_predictions": Artifact(path="models/none.parquet", sha256="0")}
+        )
+        for name, model in sup.models.items()
+    }
+    request = EvaluateRequest(
+        test=split.test, train_sup=sup.model_copy(update={"models": missing}), train_unsup=unsup
+    )
+    with pytest.raises(DataError, match="rerun 'train_sup'"):
+        EvaluatorAgent(cfg).handle("evaluate", request)
