@@ -14,7 +14,18 @@ import pytest
 from tests.conftest import REPO, write_params
 
 # Small but real: enough loans for every stage, small models so the run stays short.
-SMALL = {"data": {"source": "auto", "synthetic": {"rows": 4000}}}
+SMALL = {
+    "data": {"source": "auto", "synthetic": {"rows": 4000}},
+    "train": {
+        "models": {
+            "random_forest": {"numTrees": 30},
+            "gbt": {"maxIter": 20},
+            "mlp": {"maxIter": 20},
+        }
+    },
+    "segment": {"k_range": [3, 4]},
+    "evaluate": {"bootstrap_samples": 100},
+}
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -49,7 +60,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path) -> None:
     first = run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    for stage in ("fetch", "prep", "split"):
+    for stage in ("fetch", "prep", "split", "train_sup", "train_unsup", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     fetch = json.loads((dvc_repo / "reports" / "fetch.json").read_text())
     assert fetch["source"] == "synthetic"

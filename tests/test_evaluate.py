@@ -7,7 +7,6 @@ every threshold must not, which proves the thresholds come from training data al
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,47 +19,20 @@ from src.contracts import (
     EvaluateRequest,
     EvaluateResult,
     SplitResult,
-    StageResult,
-    TrainSupRequest,
     TrainSupResult,
-    TrainUnsupRequest,
     TrainUnsupResult,
 )
 from src.pipelines.raw_schema import LABEL_COLUMN
 from src.pipelines.references import LOGISTIC_REFERENCE, SUB_GRADE_REFERENCE
 from src.pipelines.thresholds import choose_threshold
-from src.utils.atomic import atomic_write_json
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.tracking import TRACKING_URI_ENV
+from tests.conftest import SMALL_TRAINING
 
 pytestmark = pytest.mark.slow
 
 MODELS = ("random_forest", "gbt", "mlp")
-REPORTS = "reports/evaluate_test"
-# Small, fast models: the file must run in about three minutes on two cores.
-OVERRIDES: dict[str, Any] = {
-    "supervisor": {"reports_dir": REPORTS},
-    "mlflow": {
-        "tracking_uri": "sqlite:///mlruns_evaluate/mlflow.db",
-        "artifact_root": "mlruns_evaluate/artifacts",
-        "experiment": "evaluate-test",
-    },
-    "train": {
-        "models_dir": "models/evaluate_test/supervised",
-        "models": {
-            "random_forest": {"numTrees": 30, "maxDepth": 6},
-            "gbt": {"maxIter": 20},
-            "mlp": {"maxIter": 100},
-        },
-    },
-    "segment": {
-        "models_dir": "models/evaluate_test/segmentation",
-        "k_range": [3, 4],
-        "profile_plot": f"{REPORTS}/plots/segments.png",
-    },
-    "evaluate": {"plots_dir": f"{REPORTS}/plots", "metrics_path": f"{REPORTS}/metrics.json"},
-}
 FLIPPED: dict[str, Any] = {
     "evaluate": {
         "plots_dir": "reports/evaluate_flipped/plots",
@@ -76,22 +48,8 @@ def _config(split_project: Any, extra: dict[str, Any] | None = None) -> Any:
     from src.utils.config import deep_merge, load_config
 
     return load_config(
-        split_project.root / "params.yaml", overrides=deep_merge(OVERRIDES, extra or {})
+        split_project.root / "params.yaml", overrides=deep_merge(SMALL_TRAINING, extra or {})
     )
-
-
-def _run(cfg: Any, stage: str, agent: Any, request: Any) -> StageResult:
-    """As the supervisor runs a stage when it is registered; else the agent, report written here."""
-    from src.supervisor import STAGES, run_stage
-    from src.utils.logging import clear_context
-
-    if stage in STAGES:
-        result = run_stage(cfg, stage, run_id="test-evaluate")
-        clear_context()
-        return result
-    result = agent(cfg).handle(stage, request)
-    atomic_write_json(cfg.report_path(stage), result.model_dump(mode="json"))
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -103,30 +61,25 @@ def no_tracking_server() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def upstream(
-    spark: Any, split_project: Any, no_tracking_server: None
+    trained_project: Any, no_tracking_server: None
 ) -> tuple[Any, SplitResult, TrainSupResult, TrainUnsupResult]:
-    """train_sup and train_unsup run once, into this module's own reports, models and store."""
-    from src.agents.segmenter_agent import SegmenterAgent
-    from src.agents.trainer_agent import TrainerAgent
+    """The session's trained project: split, train_sup and train_unsup results."""
     from src.supervisor import load_result
 
-    cfg = _config(split_project)
-    # This module's reports folder starts from the shared project's split result.
-    cfg.report_path("split").parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(split_project.report_path("split"), cfg.report_path("split"))
-    split = load_result(cfg, "split")
+    cfg = trained_project
+    split, sup, unsup = (load_result(cfg, s) for s in ("split", "train_sup", "train_unsup"))
     assert isinstance(split, SplitResult)
-    sup = _run(cfg, "train_sup", TrainerAgent, TrainSupRequest(train=split.train, test=split.test))
-    unsup = _run(cfg, "train_unsup", SegmenterAgent, TrainUnsupRequest(train=split.train))
     assert isinstance(sup, TrainSupResult) and isinstance(unsup, TrainUnsupResult)
     return cfg, split, sup, unsup
 
 
 @pytest.fixture(scope="module")
 def evaluated(upstream: Any) -> tuple[Any, EvaluateResult]:
-    cfg, split, sup, unsup = upstream
-    request = EvaluateRequest(test=split.test, train_sup=sup, train_unsup=unsup)
-    result = _run(cfg, "evaluate", EvaluatorAgent, request)
+    """The evaluate stage as the supervisor ran it for the session."""
+    from src.supervisor import load_result
+
+    cfg = upstream[0]
+    result = load_result(cfg, "evaluate")
     assert isinstance(result, EvaluateResult)
     return cfg, result
 

@@ -18,26 +18,10 @@ from src.pipelines.feature_spec import FeatureSpec, spec_sql
 from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
+from tests.conftest import SMALL_TRAINING
 
 MODELS = ("random_forest", "gbt", "mlp")
 # Small models so the file runs in minutes on two cores; the defaults of params.yaml are larger.
-OVERRIDES: dict[str, Any] = {
-    "mlflow": {
-        "tracking_uri": "sqlite:///mlruns_train_sup/mlflow.db",
-        "artifact_root": "mlruns_train_sup/artifacts",
-        "experiment": "train-sup-test",
-    },
-    "train": {
-        "models_dir": "models/train_sup_test",
-        # L-BFGS iterations are the MLP's only regulariser: on a 5k-loan fit it overfits sooner
-        # than on the full sample (validation AUC 0.670 after 20 iterations, 0.631 after 40).
-        "models": {
-            "random_forest": {"numTrees": 40},
-            "gbt": {"maxIter": 30},
-            "mlp": {"maxIter": 20},
-        },
-    },
-}
 # Chance is 0.5. Honest origination-only models on the full 42.5k-loan sample reach ~0.68–0.73; on
 # this subsample the models are smaller and see 5k loans, and a 1.6k-loan test slice (~240
 # defaults) has an AUC standard error of ~0.015, so 0.62 fails only a broken model, not bad luck.
@@ -49,7 +33,7 @@ THRESHOLD = 0.5
 def _config(split_project: Any, **train: Any) -> Any:
     from src.utils.config import deep_merge, load_config
 
-    overrides = deep_merge(OVERRIDES, {"train": train}) if train else OVERRIDES
+    overrides = deep_merge(SMALL_TRAINING, {"train": train}) if train else SMALL_TRAINING
     return load_config(split_project.root / "params.yaml", overrides=overrides)
 
 
@@ -68,14 +52,13 @@ def no_tracking_server() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def trained(spark: Any, split_project: Any, no_tracking_server: None) -> tuple[Any, TrainSupResult]:
-    """All three models trained once on the subsample's training split."""
-    from src.agents.trainer_agent import TrainerAgent
+def trained(trained_project: Any, no_tracking_server: None) -> tuple[Any, TrainSupResult]:
+    """All three models, trained once for the session on the subsample's training split."""
+    from src.supervisor import load_result
 
-    cfg = _config(split_project)
-    result = TrainerAgent(cfg).handle("train_sup", _request(cfg))
+    result = load_result(trained_project, "train_sup")
     assert isinstance(result, TrainSupResult)
-    return cfg, result
+    return trained_project, result
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +110,7 @@ def test_result_lists_models_with_hashed_relative_artifacts(
         assert saved.count() == model.validation_predictions.rows > 0
     expected_layers = [16, 8]
     assert result.models["mlp"].params["hidden_layers"] == expected_layers
-    assert result.models["random_forest"].params["numTrees"] == OVERRIDES["train"]["models"][
+    assert result.models["random_forest"].params["numTrees"] == SMALL_TRAINING["train"]["models"][
         "random_forest"
     ]["numTrees"]
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from src.agents.segmenter_agent import SegmenterAgent
-from src.contracts import SplitResult, TrainUnsupRequest, TrainUnsupResult
+from src.contracts import SplitResult, TrainUnsupResult
 from src.pipelines.segment_params import MODEL_NAMES, assign_segment
 from src.pipelines.segmentation import (
     FEATURES_VECTOR,
@@ -31,23 +29,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(split_project: Any, spark: Any) -> Iterator[tuple[Any, SplitResult, TrainUnsupResult]]:
-    """The agent run once on the split project, against the project's own SQLite MLflow store."""
+def trained(trained_project: Any) -> tuple[Any, SplitResult, TrainUnsupResult]:
+    """The stage as the supervisor ran it for the session, on the split project."""
     from src.supervisor import load_result
 
-    # The embedded store inside the temporary project, whatever the developer's shell points at.
-    saved = os.environ.pop(TRACKING_URI_ENV, None)
-    try:
-        split = load_result(split_project, "split")
-        assert isinstance(split, SplitResult)
-        result = SegmenterAgent(split_project).handle(
-            "train_unsup", TrainUnsupRequest(train=split.train)
-        )
-        assert isinstance(result, TrainUnsupResult)
-        yield split_project, split, result
-    finally:
-        if saved is not None:
-            os.environ[TRACKING_URI_ENV] = saved
+    split = load_result(trained_project, "split")
+    result = load_result(trained_project, "train_unsup")
+    assert isinstance(split, SplitResult) and isinstance(result, TrainUnsupResult)
+    return trained_project, split, result
 
 
 def _features_and_predictions(cfg: Any, spark: Any, name: str, path: str) -> tuple[Any, Any]:
