@@ -77,7 +77,8 @@ TREE_MODELS = ("random_forest", "gbt")
 BEST_MODEL_KEY = "best_model"
 PRIMARY_METRIC_KEY = "primary_metric"
 SEGMENTS_KEY = "segments"
-TRAINING_RUN_PREFIX = "test_"
+# Kept apart from the trainer's test_* metrics (its AUC-PR: Spark's trapezoid; ours: avg precision).
+TRAINING_RUN_PREFIX = "evaluation.test_"
 Kind = Literal["model", "reference"]
 
 
