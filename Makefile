@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS ?= 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup pipeline stage test lint bench clean help
+.PHONY: setup pipeline stage test lint bench serve bench-serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## time and peak memory of the stages on the full real sample
 	$(BIN)/python -m scripts.bench
+
+serve: $(STAMP)  ## run the REST API on serving.host:serving.port (default 127.0.0.1:8000)
+	$(BIN)/python -m src.supervisor serve $(if $(BUNDLE),--bundle $(BUNDLE),)
+
+bench-serve: $(STAMP)  ## /predict latency, ONNX vs Spark backend (ARGS="--duration 5")
+	$(BIN)/python -m scripts.bench_serve $(ARGS)
 
 clean:  ## remove pipeline outputs (data, models, reports, logs, mlruns); keeps .venv
 	rm -rf data/raw data/processed data/split models mlruns logs reports/*.json reports/plots

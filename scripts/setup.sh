@@ -21,5 +21,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[pipeline,dev]"
 echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -n 1))" >&2

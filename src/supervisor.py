@@ -7,6 +7,7 @@ python -m src.supervisor status
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -28,16 +29,12 @@ from tenacity import (
 )
 
 from src.agents.base import Agent, Skill
-from src.agents.data_agent import DataAgent
-from src.agents.evaluator_agent import EvaluatorAgent
-from src.agents.feature_agent import FeatureAgent
-from src.agents.segmenter_agent import SegmenterAgent
-from src.agents.trainer_agent import TrainerAgent
 from src.contracts import (
     EvaluateRequest,
     FetchRequest,
     Message,
     PrepRequest,
+    RegisterRequest,
     SplitRequest,
     StageResult,
     TrainSupRequest,
@@ -65,14 +62,29 @@ def _fetch_request(cfg: Config, _: Upstream) -> FetchRequest:
     )
 
 
+def import_agent(path: str) -> type[Agent]:
+    """The agent class at "module:Class"; imported on use, so `serve` never loads Spark modules."""
+    module, name = path.split(":")
+    agent: type[Agent] = getattr(importlib.import_module(module), name)
+    return agent
+
+
 @dataclass(frozen=True)
 class Stage:
     """A pipeline stage: the agent that runs it, the stages it reads, how its request is built."""
 
     name: str
-    agent: type[Agent]
+    agent_path: str  # "module:Class", imported on first use
     upstream: tuple[str, ...]
     build_request: Callable[[Config, Upstream], Message]
+
+    @property
+    def agent(self) -> type[Agent]:
+        return import_agent(self.agent_path)
+
+    @property
+    def agent_name(self) -> str:
+        return self.agent_path.split(":")[1]
 
     @property
     def skill(self) -> Skill:
@@ -82,36 +94,55 @@ class Stage:
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("fetch", DataAgent, (), _fetch_request),
-        Stage("prep", FeatureAgent, ("fetch",), lambda _, up: PrepRequest(raw=up["fetch"].raw)),
+        Stage("fetch", "src.agents.data_agent:DataAgent", (), _fetch_request),
+        Stage(
+            "prep",
+            "src.agents.feature_agent:FeatureAgent",
+            ("fetch",),
+            lambda _, up: PrepRequest(raw=up["fetch"].raw),
+        ),
         Stage(
             "split",
-            FeatureAgent,
+            "src.agents.feature_agent:FeatureAgent",
             ("prep",),
             lambda _, up: SplitRequest(processed=up["prep"].processed),
         ),
         Stage(
             "train_sup",
-            TrainerAgent,
+            "src.agents.trainer_agent:TrainerAgent",
             ("split",),
             lambda _, up: TrainSupRequest(train=up["split"].train, test=up["split"].test),
         ),
         Stage(
             "train_unsup",
-            SegmenterAgent,
+            "src.agents.segmenter_agent:SegmenterAgent",
             ("split",),
             lambda _, up: TrainUnsupRequest(train=up["split"].train),
         ),
         Stage(
             "evaluate",
-            EvaluatorAgent,
+            "src.agents.evaluator_agent:EvaluatorAgent",
             ("split", "train_sup", "train_unsup"),
             lambda _, up: EvaluateRequest(
                 test=up["split"].test, train_sup=up["train_sup"], train_unsup=up["train_unsup"]
             ),
         ),
+        Stage(
+            "register",
+            "src.agents.registry_agent:RegistryAgent",
+            ("split", "train_sup", "train_unsup", "evaluate"),
+            lambda _, up: RegisterRequest(
+                test=up["split"].test,
+                train_sup=up["train_sup"],
+                train_unsup=up["train_unsup"],
+                evaluate=up["evaluate"],
+                split=up["split"],
+            ),
+        ),
     )
 }
+# Agents that serve rather than run a pipeline stage (`score`, `serve`).
+SERVICE_AGENTS = ("src.agents.serving_agent:ServingAgent",)
 
 
 def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResult:
@@ -163,7 +194,7 @@ def _log_retry(state: RetryCallState) -> None:
 def run_stage(cfg: Config, stage_name: str, run_id: str) -> StageResult:
     """Build the request from upstream results, run the agent with retries, write the report."""
     stage = STAGES[stage_name]
-    bind_context(run_id=run_id, stage=stage_name, agent=stage.agent.__name__)
+    bind_context(run_id=run_id, stage=stage_name, agent=stage.agent_name)
     upstream = {name: load_result(cfg, name) for name in stage.upstream}
     request = stage.build_request(cfg, upstream)
     agent = stage.agent(cfg)
@@ -208,10 +239,10 @@ def run_stages(cfg: Config, names: Sequence[str], run_id: str) -> None:
 
 
 def _print_agents() -> None:
-    agents: dict[str, type[Agent]] = {}
-    for stage in STAGES.values():
-        agents.setdefault(stage.agent.__name__, stage.agent)
-    for name, agent in agents.items():
+    paths = dict.fromkeys([*(stage.agent_path for stage in STAGES.values()), *SERVICE_AGENTS])
+    for path in paths:
+        agent = import_agent(path)
+        name = agent.__name__
         print(f"{name}: {(agent.__doc__ or '').strip().splitlines()[0]}")
         for skill in agent.skills:
             print(f"  {skill.stage:<12} {skill.request.__name__} -> {skill.result.__name__}")
@@ -252,10 +283,18 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the REST API (default 127.0.0.1:8000, ONNX)")
     serve.add_argument("--host", default=None, help="default serving.host")
     serve.add_argument("--port", type=int, default=None, help="default serving.port")
-    serve.add_argument("--backend", choices=["onnx", "spark"], default=None,
-                       help="default serving.backend (spark: for comparison only)")
-    serve.add_argument("--bundle", type=Path, default=None,
-                       help="a bundle folder (e.g. models/registered) instead of the registry")
+    serve.add_argument(
+        "--backend",
+        choices=["onnx", "spark"],
+        default=None,
+        help="default serving.backend (spark: for comparison only)",
+    )
+    serve.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="a bundle folder (e.g. models/registered) instead of the registry",
+    )
     score = sub.add_parser("score", help="score a raw LendingClub CSV(.gz) with the champion")
     score.add_argument("--input", required=True, help="raw LendingClub CSV or CSV.gz")
     score.add_argument("--output", required=True, help="predictions CSV to write")

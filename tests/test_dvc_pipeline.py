@@ -60,12 +60,14 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path) -> None:
     first = run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    for stage in ("fetch", "prep", "split", "train_sup", "train_unsup", "evaluate"):
+    for stage in ("fetch", "prep", "split", "train_sup", "train_unsup", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
     fetch = json.loads((dvc_repo / "reports" / "fetch.json").read_text())
     assert fetch["source"] == "synthetic"
     prep = json.loads((dvc_repo / "reports" / "prep.json").read_text())
     assert prep["footer_rows"] == 2 and prep["kept_rows"] > 3000
+    register = json.loads((dvc_repo / "reports" / "register.json").read_text())
+    assert register["alias"] == "champion" and register["version"] == "1"
 
     second = run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
     assert "Running stage" not in second.stdout

@@ -1,0 +1,487 @@
+"""RegistryAgent: the evaluated best model → verified ONNX bundle → MLflow model version + alias.
+
+Order of work, so that nothing is half-registered:
+1. export the classifier to ONNX and check it against Spark on the test split (no registry yet);
+2. score the current champion's own bundle on the same test split;
+3. log the bundle in a new run, create the version, add serving.json + model card, tag, verify
+   the download, set the alias — any failure after the version exists deletes it again;
+4. write the same bundle to `register.bundle_dir`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.ml import PipelineModel
+
+from src.agents.base import Agent, Skill
+from src.contracts import (
+    Artifact,
+    Evaluation,
+    FetchResult,
+    RegisterRequest,
+    RegisterResult,
+    SegmentationModel,
+    SplitResult,
+    TrainedModel,
+)
+from src.pipelines.bundle import (
+    CARD_FILE,
+    MODEL_FILE,
+    ONNX_INPUT,
+    ONNX_PROBABILITY_OUTPUT,
+    SEGMENTATION_FILE,
+    SERVING_FILE,
+    SPARK_DIR,
+    SPEC_FILE,
+    ServingInfo,
+    file_sha256,
+    read_bundle,
+)
+from src.pipelines.feature_spec import FeatureSpec, transform_records
+from src.pipelines.model_card import ModelCardInput, render_model_card
+from src.pipelines.onnx_export import (
+    Parity,
+    ScoredTest,
+    assembler_inputs,
+    check_parity,
+    export_classifier,
+    score_test_with_spark,
+)
+from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.scoring import ranking_metric
+from src.utils.atomic import atomic_path
+from src.utils.errors import DataError, PermanentError, StaleUpstreamError
+from src.utils.hashing import content_hash
+from src.utils.logging import get_logger
+from src.utils.registry import Registry, short_error
+from src.utils.spark import get_spark
+from src.utils.tracking import git_commit
+
+log = get_logger(agent="RegistryAgent")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ARTIFACT_PATH = "model"
+STAGE = "register"
+# Packages the ONNX flavour needs; explicit so MLflow does not spend seconds inferring them.
+ONNX_PACKAGES = ("onnx", "onnxruntime", "numpy")
+REPORTED_METRICS = ("auc_roc", "auc_pr", "ks", "gini", "brier", "log_loss", "calibration_error")
+# Model version descriptions are bounded in the registry's database.
+DESCRIPTION_CHARS = 4000
+
+
+def _pip_requirements() -> list[str]:
+    return [f"{name}=={package_version(name)}" for name in ONNX_PACKAGES]
+
+
+def _signature(n_features: int) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), ONNX_INPUT)]),
+        outputs=Schema([
+            TensorSpec(np.dtype(np.int64), (-1,), "prediction"),
+            TensorSpec(np.dtype(np.float32), (-1, 2), ONNX_PROBABILITY_OUTPUT),
+        ]),
+    )
+
+
+def decide(
+    metric: str, score: float, champion_version: str | None, champion_score: float | None,
+    min_delta: float,
+) -> tuple[str, str]:
+    """(alias, reason): champion when first or better by ≥ min_delta, else challenger."""
+    if champion_version is None:
+        return CHAMPION, f"first champion: no version held '{CHAMPION}'; {metric} {score:.4f}"
+    if champion_score is None:
+        return CHAMPION, (
+            f"champion: v{champion_version} could not be scored on the current test split; "
+            f"{metric} {score:.4f}"
+        )
+    delta = score - champion_score
+    if delta >= min_delta:
+        return CHAMPION, (
+            f"champion: {metric} {score:.4f} beats v{champion_version}'s {champion_score:.4f} "
+            f"by {delta:+.4f} (min_delta {min_delta})"
+        )
+    return CHALLENGER, (
+        f"challenger: {metric} {score:.4f} vs v{champion_version}'s {champion_score:.4f} "
+        f"({delta:+.4f} < min_delta {min_delta}); v{champion_version} stays champion"
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The version about to be registered and everything said about it."""
+
+    request: RegisterRequest
+    trained: TrainedModel
+    evaluation: Evaluation
+    segmentation: SegmentationModel
+    spec: FeatureSpec
+    parity: Parity
+    metric: str
+    score: float
+    alias: str
+    decision: str
+    champion_version: str | None
+    champion_score: float | None
+
+
+class RegistryAgent(Agent):
+    """Model registration: ONNX bundle, MLflow version with tags and model card, alias promotion."""
+
+    skills = (Skill("register", RegisterRequest, RegisterResult, "register"),)
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def _relative(self, path: Path) -> str:
+        resolved, root = path.resolve(), self.cfg.root.resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+    def _checked(self, artifact: Artifact, what: str) -> Path:
+        path = self.cfg.path(artifact.path)
+        if not path.exists():
+            raise StaleUpstreamError(f"register: {what} {artifact.path} is missing")
+        if content_hash(path) != artifact.sha256:
+            raise StaleUpstreamError(f"register: {what} {artifact.path} changed since it was made")
+        return path
+
+    def _inputs(
+        self, request: RegisterRequest
+    ) -> tuple[TrainedModel, Evaluation, SegmentationModel]:
+        best = request.evaluate.best_model
+        trained = request.train_sup.models.get(best)
+        if trained is None:
+            raise PermanentError(
+                f"register: best model '{best}' is not among the trained models "
+                f"{sorted(request.train_sup.models)}"
+            )
+        evaluation = request.evaluate.evaluations.get(best)
+        if evaluation is None or evaluation.kind != "model":
+            raise PermanentError(f"register: evaluate has no model evaluation of '{best}'")
+        serving = request.train_unsup.serving_model
+        segmentation = request.train_unsup.models.get(serving)
+        if segmentation is None:
+            raise PermanentError(f"register: serving segmentation '{serving}' was not trained")
+        return trained, evaluation, segmentation
+
+    def _upstream(self, stage: str) -> Any | None:
+        # Imported here: the supervisor imports this module to register the stage.
+        from src.supervisor import load_result
+
+        try:
+            return load_result(self.cfg, stage, verify=False)
+        except (StaleUpstreamError, KeyError):
+            return None
+
+    def _load_model(self, trained: TrainedModel) -> tuple[PipelineModel, FeatureSpec, Path, Path]:
+        model_dir = self._checked(trained.path, f"{trained.name} model")
+        spec_path = self._checked(trained.feature_spec, f"{trained.name} feature spec")
+        spec = FeatureSpec.model_validate_json(spec_path.read_text())
+        pipeline = PipelineModel.load(str(model_dir))
+        if assembler_inputs(pipeline) != spec.features:
+            raise PermanentError(
+                f"register: {trained.name}'s pipeline assembles other columns than its feature "
+                "spec lists"
+            )
+        return pipeline, spec, model_dir, spec_path
+
+    # --- the stage -------------------------------------------------------------------------------
+
+    def register(self, request: RegisterRequest) -> RegisterResult:
+        """Export, verify, register and promote the evaluated best model."""
+        reg = self.cfg.registry
+        trained, evaluation, segmentation = self._inputs(request)
+        name = trained.name
+        started = time.perf_counter()
+        spark = get_spark(self.cfg.spark)
+        pipeline, spec, model_dir, spec_path = self._load_model(trained)
+        segments_path = self._checked(segmentation.params_file, "segmentation parameters")
+        test_df = spark.read.parquet(str(self._checked(request.test, "test split")))
+        # Every column of the test split travels with the records: the champion's spec may read
+        # inputs this spec does not.
+        columns = [c for c in test_df.columns if c not in (KEY_COLUMN, LABEL_COLUMN)]
+        test = score_test_with_spark(pipeline, spec, test_df, columns)
+        log.info("register.test_scored", model=name, rows=len(test.keys),
+                 seconds=round(time.perf_counter() - started, 3))
+
+        started = time.perf_counter()
+        onnx_model = export_classifier(
+            spark, pipeline, len(spec.features), f"{reg.model_name}-{name}"
+        )
+        export_s = round(time.perf_counter() - started, 3)
+        parity = check_parity(onnx_model, spec, test)
+        log.info("register.onnx_parity", model=name, rows=parity.rows,
+                 max_abs_diff=parity.max_abs_diff, worst_key=parity.worst_key,
+                 tolerance=reg.onnx_tolerance, export_s=export_s)
+        if not parity.max_abs_diff <= reg.onnx_tolerance:
+            raise PermanentError(
+                f"register: ONNX export of {name} differs from Spark by {parity.max_abs_diff:.3e} "
+                f"(loan {parity.worst_key}) on {parity.rows} test loans, above "
+                f"register.onnx_tolerance {reg.onnx_tolerance:.1e}; nothing was registered"
+            )
+        metric = request.evaluate.primary_metric
+        score = ranking_metric(metric, test.labels, parity.onnx_probability)
+
+        with tempfile.TemporaryDirectory(prefix="register-") as scratch:
+            work = Path(scratch)
+            staging = work / "bundle"
+            self._stage(
+                staging, onnx_model, model_dir, spec_path, segments_path, len(spec.features)
+            )
+            registry = Registry(self.cfg)
+            registry.connect()
+            champion = registry.alias_version(reg.model_name, CHAMPION)
+            champion_version = str(champion.version) if champion is not None else None
+            champion_score = (
+                self._champion_score(registry, champion_version, metric, test, work)
+                if champion_version
+                else None
+            )
+            alias, decision = decide(metric, score, champion_version, champion_score, reg.min_delta)
+            log.info("register.decision", model=name, alias=alias, metric=metric, score=score,
+                     champion_version=champion_version, champion_score=champion_score,
+                     min_delta=reg.min_delta, decision=decision)
+            candidate = Candidate(
+                request=request, trained=trained, evaluation=evaluation,
+                segmentation=segmentation, spec=spec, parity=parity, metric=metric, score=score,
+                alias=alias, decision=decision, champion_version=champion_version,
+                champion_score=champion_score,
+            )
+            version = self._publish(registry, candidate, staging)
+            bundle_dir = self.cfg.path(reg.bundle_dir)
+            with atomic_path(bundle_dir) as tmp:
+                shutil.copytree(staging, tmp)
+        log.info("register.done", model_name=reg.model_name, version=version, alias=alias,
+                 source_model=name, bundle=str(bundle_dir))
+        return RegisterResult(
+            model_name=reg.model_name,
+            version=version,
+            alias=alias,  # type: ignore[arg-type]
+            decision=decision,
+            score=score,
+            champion_score=champion_score,
+            previous_champion_version=champion_version,
+            onnx_max_abs_diff=parity.max_abs_diff,
+            bundle=Artifact(path=self._relative(bundle_dir), sha256=content_hash(bundle_dir)),
+            model_card=self._relative(bundle_dir / CARD_FILE),
+        )
+
+    # --- bundle ----------------------------------------------------------------------------------
+
+    def _stage(
+        self, staging: Path, onnx_model: Any, model_dir: Path, spec_path: Path,
+        segments_path: Path, n_features: int,
+    ) -> None:
+        """Every bundle file except serving.json and the card, which need the version number."""
+        import mlflow.onnx
+
+        mlflow.onnx.save_model(
+            onnx_model,
+            str(staging),
+            pip_requirements=_pip_requirements(),
+            signature=_signature(n_features),
+            # One self-contained model.onnx: serving reads the file as it is.
+            save_as_external_data=False,
+        )
+        shutil.copyfile(spec_path, staging / SPEC_FILE)
+        shutil.copyfile(segments_path, staging / SEGMENTATION_FILE)
+        shutil.copytree(model_dir, staging / SPARK_DIR)
+
+    def _trained_at(self, request: RegisterRequest, model_dir: Path) -> datetime | None:
+        if request.train_sup.finished_at is not None:
+            return request.train_sup.finished_at
+        metadata = model_dir / "metadata"
+        if metadata.exists():
+            return datetime.fromtimestamp(metadata.stat().st_mtime, tz=UTC)
+        return None
+
+    def _serving_info(self, c: Candidate, version: str) -> ServingInfo:
+        request, trained, evaluation, spec = c.request, c.trained, c.evaluation, c.spec
+        return ServingInfo(
+            registered_model=self.cfg.registry.model_name,
+            version=version,
+            source_model=trained.name,  # type: ignore[arg-type]
+            threshold=evaluation.threshold,
+            metrics=evaluation,
+            features=spec.features,
+            trained_at=self._trained_at(request, self.cfg.path(trained.path.path)),
+            train_data_sha256=request.train_sup.train_data_sha256,
+            feature_spec_sha256=spec.sha256(),
+            training_run_id=trained.run_id,
+        )
+
+    # --- champion --------------------------------------------------------------------------------
+
+    def _champion_score(
+        self, registry: Registry, version: str, metric: str, test: ScoredTest, work: Path
+    ) -> float | None:
+        """The champion's own bundle (its spec, its ONNX) on today's test split."""
+        name = self.cfg.registry.model_name
+        try:
+            local = registry.download(f"models:/{name}/{version}", work / "champion")
+            bundle = read_bundle(local)
+        except DataError as exc:
+            log.warning("register.champion_unreadable", version=version, error=short_error(exc))
+            return None
+        available = set(test.records[0]) if test.records else set()
+        absent = [c for c in bundle.spec_inputs() if c not in available]
+        if absent:
+            log.warning("register.champion_inputs_absent", version=version, columns=absent,
+                        effect="scored with these inputs imputed, as serving would")
+        champion_spec = FeatureSpec.model_validate(bundle.spec_json)
+        probabilities = bundle.predict_proba(transform_records(champion_spec, test.records))
+        score = ranking_metric(metric, test.labels, probabilities)
+        log.info("register.champion_scored", version=version, metric=metric, score=score,
+                 source_model=bundle.serving.source_model)
+        return score
+
+    # --- registration ----------------------------------------------------------------------------
+
+    def _version_tags(self, c: Candidate) -> dict[str, str]:
+        request, trained, evaluation = c.request, c.trained, c.evaluation
+        tags = {
+            "source_model": trained.name,
+            "training_run_id": trained.run_id,
+            "train_data_sha256": request.train_sup.train_data_sha256,
+            "test_data_sha256": request.test.sha256,
+            "feature_spec_sha256": c.spec.sha256(),
+            "git_commit": request.train_sup.git_commit or "unknown",
+            "registration_git_commit": git_commit(self.cfg.root) or "unknown",
+            "segmentation_model": c.segmentation.name,
+            "threshold": repr(evaluation.threshold.value),
+            "threshold_rule": evaluation.threshold.rule,
+            "onnx_max_abs_diff": repr(c.parity.max_abs_diff),
+            "primary_metric": c.metric,
+            "score": repr(c.score),
+            "champion_score": repr(c.champion_score) if c.champion_score is not None else "none",
+            "previous_champion_version": c.champion_version or "none",
+            "alias_at_registration": c.alias,
+            "decision": c.decision,
+        }
+        tags.update({f"metric.{m}": repr(getattr(evaluation, m)) for m in REPORTED_METRICS})
+        tags.update({f"param.{k}": str(v) for k, v in trained.params.items()})
+        return tags
+
+    def _publish(self, registry: Registry, c: Candidate, staging: Path) -> str:
+        """Run + version + files + tags + alias; the version is deleted if any step fails."""
+        name = self.cfg.registry.model_name
+        tags = self._version_tags(c)
+        run_id = registry.create_run(f"{STAGE}-{c.trained.name}", {"stage": STAGE, **tags})
+        version: str | None = None
+        try:
+            registry.log_run_data(
+                run_id,
+                params={"source_model": c.trained.name, "model_name": name,
+                        "min_delta": self.cfg.registry.min_delta,
+                        "onnx_tolerance": self.cfg.registry.onnx_tolerance},
+                metrics={"score": c.score, "onnx_max_abs_diff": c.parity.max_abs_diff,
+                         **({"champion_score": c.champion_score}
+                            if c.champion_score is not None else {}),
+                         **{f"test_{m}": getattr(c.evaluation, m) for m in REPORTED_METRICS}},
+            )
+            registry.log_artifacts(run_id, staging, ARTIFACT_PATH)
+            registry.ensure_registered_model(name)
+            source = registry.run_artifact_uri(run_id, ARTIFACT_PATH)
+            created = registry.create_version(name, source, run_id, tags)
+            version = str(created.version)
+            log.info("register.version_created", model_name=name, version=version, run_id=run_id)
+
+            serving = self._serving_info(c, version)
+            (staging / SERVING_FILE).write_text(serving.model_dump_json(indent=2) + "\n")
+            card = self._card(c, version)
+            (staging / CARD_FILE).write_text(card)
+            for file_name in (SERVING_FILE, CARD_FILE):
+                registry.log_artifact(run_id, staging / file_name, ARTIFACT_PATH)
+            registry.describe_version(name, version, self._description(c.decision, card))
+            self._verify(registry, name, version, staging)
+            registry.set_alias(name, c.alias, version)
+        except BaseException as exc:
+            self._roll_back(registry, name, version, run_id, exc)
+            raise
+        registry.end_run(run_id, "FINISHED")
+        log.info("register.alias_set", model_name=name, version=version, alias=c.alias)
+        return version
+
+    def _verify(self, registry: Registry, name: str, version: str, staging: Path) -> None:
+        """The registered version downloads as the bundle just built (same ONNX, same version)."""
+        with tempfile.TemporaryDirectory(prefix="register-verify-") as folder:
+            local = registry.download(f"models:/{name}/{version}", Path(folder))
+            bundle = read_bundle(local)
+            if bundle.version != version:
+                raise PermanentError(
+                    f"register: {name} v{version} downloads with serving.json version "
+                    f"{bundle.version}"
+                )
+            if file_sha256(local / MODEL_FILE) != file_sha256(staging / MODEL_FILE):
+                raise PermanentError(f"register: {name} v{version} downloads another model.onnx")
+
+    def _roll_back(
+        self, registry: Registry, name: str, version: str | None, run_id: str, exc: BaseException
+    ) -> None:
+        """Best effort: delete the version that got no alias, mark the run failed; never raises."""
+        if version is not None:
+            try:
+                registry.delete_version(name, version)
+                log.warning("register.rolled_back", model_name=name, version=version,
+                            error=short_error(exc), effect="version deleted, aliases unchanged")
+            except Exception as delete_error:
+                log.error("register.rollback_failed", model_name=name, version=version,
+                          error=short_error(exc), delete_error=short_error(delete_error),
+                          effect="version may exist without an alias; delete it by hand")
+        try:
+            registry.end_run(run_id, "FAILED")
+        except Exception as end_error:
+            log.warning("register.run_not_closed", run_id=run_id, error=short_error(end_error))
+
+    @staticmethod
+    def _description(decision: str, card: str) -> str:
+        heading = card.splitlines()[0].lstrip("# ") if card else ""
+        text = f"{heading}\n\n{decision}\n\nFull model card: {ARTIFACT_PATH}/{CARD_FILE}"
+        return text[:DESCRIPTION_CHARS]
+
+    def _card(self, c: Candidate, version: str) -> str:
+        request, trained, spec, parity = c.request, c.trained, c.spec, c.parity
+        split = request.split or self._upstream("split")
+        fetch = self._upstream("fetch")
+        return render_model_card(
+            ModelCardInput(
+                model_name=self.cfg.registry.model_name,
+                version=version,
+                alias=c.alias,
+                decision=c.decision,
+                primary_metric=c.metric,
+                score=c.score,
+                champion_score=c.champion_score,
+                previous_champion_version=c.champion_version,
+                trained=trained,
+                evaluation=c.evaluation,
+                evaluations=request.evaluate.evaluations,
+                features=spec.features,
+                dropped_features=spec.dropped,
+                segmentation=c.segmentation,
+                test_segments=request.evaluate.segments,
+                split=split if isinstance(split, SplitResult) else None,
+                fetch=fetch if isinstance(fetch, FetchResult) else None,
+                balance=self.cfg.train.balance,
+                train_data_sha256=request.train_sup.train_data_sha256,
+                feature_spec_sha256=spec.sha256(),
+                git_commit=request.train_sup.git_commit,
+                onnx_max_abs_diff=parity.max_abs_diff,
+                onnx_rows=parity.rows,
+                onnx_tolerance=self.cfg.registry.onnx_tolerance,
+                trained_at=self._trained_at(request, self.cfg.path(trained.path.path)),
+                registered_at=datetime.now(UTC),
+            )
+        )

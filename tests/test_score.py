@@ -1,0 +1,183 @@
+"""Batch scoring with the registered champion: the real subsample, and a file with footers, open
+loans and malformed rows. Models come from the session's `trained_project`."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.contracts import RegisterResult, ScoreResult
+from src.pipelines.raw_schema import KEY_COLUMN
+from src.pipelines.scoring import APPROVE, DECLINE, OUTPUT_COLUMNS, score_file
+from src.utils.tracking import TRACKING_URI_ENV
+from tests.test_register import Upstream, register, upstream_of
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "score-test"
+FOOTERS = (
+    "Total amount funded in policy code 1: 461012175",
+    "Total amount funded in policy code 2: 0",
+)
+# Loans of the crafted file; a few are altered below.
+CRAFTED_LOANS = 24
+FIRST_ID = 90_000
+
+
+@pytest.fixture(scope="module")
+def champion(
+    trained_project: Any, spark: Any
+) -> Iterator[tuple[Any, Upstream, RegisterResult]]:
+    """A champion of its own registered model in the embedded store of the shared project."""
+    saved = os.environ.pop(TRACKING_URI_ENV, None)
+    try:
+        upstream = upstream_of(trained_project, model_name=MODEL_NAME,
+                               bundle_dir="models/register_test/score_bundle")
+        cfg = upstream.cfg
+        result = register(cfg, upstream.request())
+        assert result.alias == "champion"
+        yield cfg, upstream, result
+    finally:
+        if saved is not None:
+            os.environ[TRACKING_URI_ENV] = saved
+
+
+def _spark_reference(spark: Any, cfg: Any, upstream: Upstream) -> pd.DataFrame:
+    """The champion's Spark model on every processed loan (both split sides), by loan_key."""
+    from pyspark.ml import PipelineModel
+
+    from src.pipelines.metrics import positive_probability
+
+    model = PipelineModel.load(str(cfg.path(cfg.registry.bundle_dir) / "spark_model"))
+    loans = spark.read.parquet(str(cfg.path(upstream.split.train.path))).unionByName(
+        spark.read.parquet(str(cfg.path(upstream.split.test.path)))
+    )
+    scored = model.transform(loans).select(
+        KEY_COLUMN, positive_probability("probability").alias("spark_p")
+    )
+    return scored.toPandas()
+
+
+def test_real_subsample_one_row_per_loan_with_sparks_probabilities(
+    spark: Any, champion: Any, subsample_path: Path, tmp_path: Path
+) -> None:
+    cfg, upstream, registered = champion
+    out = tmp_path / "scores.csv"
+    # The default model URI: models:/<register.model_name>@champion.
+    result = score_file(spark, cfg, subsample_path, out)
+    assert isinstance(result, ScoreResult)
+    print(f"subsample: {result.scored_rows} scored, {result.unscored_rows} unscored "
+          f"{result.unscored_reasons}, {result.footer_rows} footers in {result.duration_s} s")
+    assert result.model_uri == f"models:/{MODEL_NAME}@champion"
+    assert result.model_version == registered.version
+
+    scores = pd.read_csv(out, dtype={"id": str}, float_precision="round_trip")
+    unscored = pd.read_csv(result.unscored_output, dtype={"id": str})
+    assert tuple(scores.columns) == OUTPUT_COLUMNS
+    assert len(scores) == result.scored_rows and len(unscored) == result.unscored_rows
+    assert result.scored_rows + result.unscored_rows + result.footer_rows == result.input_rows
+    assert sum(result.unscored_reasons.values()) == result.unscored_rows
+    assert scores["id"].is_unique
+
+    # Every loan prep kept is scored, with exactly the probability the Spark model gives it.
+    reference = _spark_reference(spark, cfg, upstream)
+    # prep's key is "id:<id>" for a loan with a LendingClub id, else "h:<row hash>".
+    reference["id"] = reference[KEY_COLUMN].str.removeprefix("id:")
+    merged = reference.merge(scores, on="id", how="left")
+    assert merged["probability_of_default"].notna().all()
+    diff = np.abs(merged["probability_of_default"] - merged["spark_p"])
+    assert diff.max() == 0.0, diff.max()
+
+    threshold = float(pd.read_json(cfg.path(cfg.registry.bundle_dir) / "serving.json",
+                                   typ="series")["threshold"]["value"])
+    expected = np.where(scores["probability_of_default"] >= threshold, DECLINE, APPROVE)
+    assert (scores["decision"] == expected).all()
+    seg = upstream.train_unsup.models[upstream.train_unsup.serving_model]
+    assert set(scores["segment"]) <= {s.band for s in seg.segments}
+    # Unscored records are listed in input order too (the crafted file below checks the order
+    # of scored loans against ids it assigned itself).
+    assert (unscored["record"].diff().dropna() > 0).all()
+
+
+def _crafted_file(source: Path, target: Path) -> tuple[list[str], dict[str, int]]:
+    """A plain CSV of real loans with ids, an open loan, malformed rows and footer lines.
+
+    Returns the ids expected in the output in order, and the altered rows' positions.
+    """
+    with gzip.open(source, "rt", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = [r for r in reader if len(r) == len(header)]
+    col = {name: i for i, name in enumerate(header)}
+    resolved = [r for r in rows if r[col["loan_status"]] in ("Fully Paid", "Charged Off")
+                and r[col["int_rate"]].strip() and r[col["sub_grade"]].strip()]
+    loans = [list(r) for r in resolved[:CRAFTED_LOANS]]
+    # Descending ids: the output order must follow the file, not the id.
+    for i, row in enumerate(loans):
+        row[col["id"]] = str(FIRST_ID - i)
+    altered = {"current": 2, "late": 4, "bad_rate": 6, "no_amount": 8, "no_id": 10,
+               "no_status": 12, "percent": 14, "plain": 15}
+    loans[altered["current"]][col["loan_status"]] = "Current"
+    loans[altered["late"]][col["loan_status"]] = "Late (31-120 days)"
+    loans[altered["bad_rate"]][col["int_rate"]] = "abc"
+    loans[altered["no_amount"]][col["loan_amnt"]] = ""
+    loans[altered["no_id"]][col["id"]] = ""
+    loans[altered["no_status"]][col["loan_status"]] = ""
+    # The same loan twice: once in the 2007–2020 export's percent format, once plain.
+    loans[altered["plain"]] = list(loans[altered["percent"]])
+    loans[altered["plain"]][col["id"]] = str(FIRST_ID - altered["plain"])
+    rate = loans[altered["percent"]][col["int_rate"]].strip().rstrip("%")
+    loans[altered["percent"]][col["int_rate"]] = f"{rate}%"
+    loans[altered["plain"]][col["int_rate"]] = rate
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(loans)
+        for footer in FOOTERS:
+            writer.writerow([footer] + [""] * (len(header) - 1))
+    unscorable = {altered["bad_rate"], altered["no_amount"]}
+    expected = [row[col["id"]] for i, row in enumerate(loans) if i not in unscorable]
+    return expected, altered
+
+
+def test_footers_open_loans_and_malformed_rows_are_reported_apart(
+    spark: Any, champion: Any, subsample_path: Path, tmp_path: Path
+) -> None:
+    cfg, _, registered = champion
+    source = tmp_path / "crafted.csv"
+    expected_ids, altered = _crafted_file(subsample_path, source)
+    out = tmp_path / "out" / "crafted_scores.csv"
+    # A local bundle folder instead of the registry.
+    result = score_file(spark, cfg, source, out, str(cfg.path(cfg.registry.bundle_dir)))
+    assert result.model_version == registered.version
+    assert result.input_rows == CRAFTED_LOANS + len(FOOTERS)
+    assert result.footer_rows == len(FOOTERS)
+    assert result.open_loans == 2
+    assert result.scored_rows == CRAFTED_LOANS - 2 and result.unscored_rows == 2
+    assert result.unscored_reasons == {"int_rate: cannot parse": 1, "loan_amnt: missing": 1}
+
+    scores = pd.read_csv(out, dtype={"id": str}, float_precision="round_trip")
+    ids = scores["id"].tolist()
+    # Every loan in input order; the id-less one is named by its loan key.
+    no_id = expected_ids.index("")
+    assert ids[no_id].startswith("h:")
+    assert ids[:no_id] + ids[no_id + 1:] == expected_ids[:no_id] + expected_ids[no_id + 1:]
+    p = dict(zip(scores["id"], scores["probability_of_default"], strict=True))
+    percent, plain = (str(FIRST_ID - altered[k]) for k in ("percent", "plain"))
+    assert p[percent] == p[plain]
+    assert scores["probability_of_default"].between(0, 1).all()
+
+    unscored = pd.read_csv(Path(result.unscored_output), dtype={"id": str})
+    assert Path(result.unscored_output).name == "crafted_scores.unscored.csv"
+    assert unscored["record"].tolist() == [altered["bad_rate"] + 1, altered["no_amount"] + 1]
+    assert unscored["id"].tolist() == [str(FIRST_ID - altered["bad_rate"]),
+                                       str(FIRST_ID - altered["no_amount"])]
+    assert unscored["reason"].tolist() == ["int_rate: cannot parse 'abc'", "loan_amnt: missing"]
