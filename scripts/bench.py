@@ -7,6 +7,7 @@ whole process tree (Python driver + Spark JVM), sampled every 100 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def main() -> int:
         "--sample", type=Path, default=Path(os.environ.get("CREDIT_RISK_SAMPLE", SAMPLE))
     )
     parser.add_argument(
-        "--stages", nargs="+", default=["fetch", "prep", "split", "train_sup", "train_unsup"]
+        "--stages",
+        nargs="+",
+        default=["fetch", "prep", "split", "train_sup", "train_unsup", "evaluate", "register"],
     )
     args = parser.parse_args()
     if not args.sample.is_file():
@@ -87,7 +90,26 @@ def main() -> int:
             if code:
                 print(f"bench: stage {stage} failed (exit {code})", file=sys.stderr)
                 return code
+        print_metrics(root / "reports" / "metrics.json")
     return 0
+
+
+def print_metrics(path: Path) -> None:
+    """The test-split figures of the evaluate stage, when it ran."""
+    if not path.is_file():
+        return
+    metrics = json.loads(path.read_text())
+    print(
+        f"\n{'model':<16} {'AUC-ROC [95% CI]':<26} {'AUC-PR':>7} {'KS':>6} {'Brier':>6} {'thr':>6}"
+    )
+    for name, m in metrics.items():
+        if isinstance(m, dict) and "auc_roc" in m:
+            ci = f"{m['auc_roc']:.4f} [{m['auc_roc_low']:.4f}, {m['auc_roc_high']:.4f}]"
+            print(
+                f"{name:<16} {ci:<26} {m['auc_pr']:>7.4f} {m['ks']:>6.3f} {m['brier']:>6.3f} "
+                f"{m['threshold']:>6.3f}"
+            )
+    print(f"best model: {metrics.get('best_model')}")
 
 
 if __name__ == "__main__":
