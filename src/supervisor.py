@@ -197,7 +197,14 @@ def run_stage(cfg: Config, stage_name: str, run_id: str) -> StageResult:
     bind_context(run_id=run_id, stage=stage_name, agent=stage.agent_name)
     upstream = {name: load_result(cfg, name) for name in stage.upstream}
     request = stage.build_request(cfg, upstream)
-    agent = stage.agent(cfg)
+    return run_agent(cfg, stage_name, stage.agent(cfg), request, run_id)
+
+
+def run_agent(
+    cfg: Config, stage_name: str, agent: Agent, request: Message, run_id: str
+) -> StageResult:
+    """Hand `request` to `agent` with retries on transient faults; write `reports/<stage>.json`."""
+    bind_context(run_id=run_id, stage=stage_name, agent=agent.name)
     retry = cfg.supervisor.retry
     started = time.perf_counter()
     for attempt in Retrying(
@@ -327,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ServingAgent(cfg).serve(args.host, args.port, args.backend, args.bundle)
             return 0
         if args.command == "score":
-            from src.agents.serving_agent import run_score
+            from src.agents.serving_agent import ServingAgent
             from src.contracts import ScoreRequest
 
             request = ScoreRequest(
@@ -335,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 output_path=args.output,
                 model_uri=args.model or cfg.serving.model_uri,
             )
-            run_score(cfg, request, run_id)
+            run_agent(cfg, "score", ServingAgent(cfg), request, run_id)
             return 0
         names = list(STAGES) if args.stage == "all" else [args.stage]
         run_stages(cfg, names, run_id)

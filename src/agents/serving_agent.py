@@ -6,16 +6,12 @@ Spark-free FastAPI app (`src.serving.app`) unless the Spark comparison backend i
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from src.agents.base import Agent, Skill
 from src.contracts import ScoreRequest, ScoreResult
-from src.utils.atomic import atomic_write_json
-from src.utils.config import Config
-from src.utils.logging import bind_context, get_logger
+from src.utils.logging import get_logger
 
 log = get_logger(agent="ServingAgent")
 
@@ -58,47 +54,3 @@ class ServingAgent(Agent):
         serve(self.cfg, host, port, backend, bundle_path)
 
 
-def run_score(cfg: Config, request: ScoreRequest, run_id: str) -> ScoreResult:
-    """The `score` command: the supervisor's retry and logging around the agent, then the report.
-
-    Same events (`stage.start`, `stage.attempt_failed`, `stage.retry`, `stage.done`) and the same
-    transient/permanent split as a pipeline stage; the result goes to `reports/score.json`.
-    """
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
-    from src.supervisor import _is_transient, _log_retry
-
-    sup_log = get_logger(component="supervisor")
-    bind_context(run_id=run_id, stage=SCORE_STAGE, agent=ServingAgent.__name__)
-    agent = ServingAgent(cfg)
-    retry = cfg.supervisor.retry
-    started = time.perf_counter()
-    for attempt in Retrying(
-        stop=stop_after_attempt(retry.attempts),
-        wait=wait_exponential(multiplier=retry.backoff_initial_s, max=retry.backoff_max_s),
-        retry=retry_if_exception(_is_transient),
-        before_sleep=_log_retry,
-        reraise=True,
-    ):
-        with attempt:
-            bind_context(attempt=attempt.retry_state.attempt_number)
-            attempt_started = time.perf_counter()
-            sup_log.info("stage.start", request=request.model_dump(mode="json"))
-            try:
-                result = agent.handle(SCORE_STAGE, request)
-            except Exception as exc:
-                sup_log.warning(
-                    "stage.attempt_failed", error=str(exc), error_type=type(exc).__name__,
-                    transient=_is_transient(exc),
-                    duration_s=round(time.perf_counter() - attempt_started, 3),
-                )
-                raise
-    duration = round(time.perf_counter() - started, 3)
-    assert isinstance(result, ScoreResult)
-    result = result.model_copy(
-        update={"run_id": run_id, "duration_s": duration, "finished_at": datetime.now(UTC)}
-    )
-    report = cfg.report_path(SCORE_STAGE)
-    atomic_write_json(report, result.model_dump(mode="json"))
-    sup_log.info("stage.done", duration_s=duration, report=str(report))
-    return result
