@@ -78,43 +78,23 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path) -> None:
     assert "reports/prep.json" in metrics.stdout and "kept_rows" in metrics.stdout
 
 
+def use_remote(repo: Path, storage: Path) -> None:
+    """Point the default remote at `storage` in the repo's local config, as a user would."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "remote", "modify", "--local", "storage", "url", str(storage)], repo)
+
+
 def test_push_then_fresh_clone_pull_restores_everything(dvc_repo: Path, tmp_path: Path) -> None:
     """The quick start's optional `dvc pull`: a fresh clone gets data, models and reports back."""
     storage = tmp_path / "storage"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "remote",
-            "modify",
-            "--local",
-            "storage",
-            "url",
-            str(storage),
-        ],
-        dvc_repo,
-    )
+    use_remote(dvc_repo, storage)
     run([sys.executable, "-m", "dvc", "push"], dvc_repo)
     run(["git", "add", "dvc.lock"], dvc_repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], dvc_repo)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(dvc_repo), str(clone)], tmp_path)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "remote",
-            "modify",
-            "--local",
-            "storage",
-            "url",
-            str(storage),
-        ],
-        clone,
-    )
+    use_remote(clone, storage)
     run([sys.executable, "-m", "dvc", "pull"], clone)
     outs = [
         "data/raw/loans.csv.gz",
