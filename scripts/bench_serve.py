@@ -115,7 +115,7 @@ def load_applications(cfg: Config, sample: Path | None) -> tuple[list[dict[str, 
     if path.is_file():
         apps = _read_applications(path, _fields(cfg), APPLICATIONS)
         return _valid(cfg, apps), f"real sample {path}"
-    from src.pipelines.synthetic import write_synthetic_loans
+    from src.pipelines.acquisition.synthetic import write_synthetic_loans
 
     with tempfile.TemporaryDirectory() as folder:
         synthetic = Path(folder) / "loans.csv.gz"

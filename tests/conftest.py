@@ -69,7 +69,7 @@ def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if REAL_SAMPLE.is_file():
         _data_notes.append(f"real sample {REAL_SAMPLE}")
         return REAL_SAMPLE
-    from src.pipelines.synthetic import write_synthetic_loans
+    from src.pipelines.acquisition.synthetic import write_synthetic_loans
 
     note = f"real sample {REAL_SAMPLE} is absent: tests use synthetic loans of the same layout"
     warnings.warn(note, stacklevel=1)

@@ -39,7 +39,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from src.pipelines.raw_schema import RAW_COLUMNS
+from src.core.raw_schema import RAW_COLUMNS
 
 DOWNLOAD_PATH = "/api/v1/datasets.DatasetApiService/DownloadDataset"
 FILE_PREFIX = "/stub-files/"

@@ -2,7 +2,7 @@
 
 Imported by test modules (not conftest): `serving_bundles` fits the three small classifiers on the
 `split_project` subsample (the trainer's own data preparation and pipelines, without MLflow), fits
-a KMeans segmentation, and writes one bundle per model in the contract of `src/pipelines/bundle.py`
+a KMeans segmentation, and writes one bundle per model in the contract of `src/core/bundle.py`
 (model.onnx via the register stage's exporter, feature_spec.json, segmentation.json, serving.json,
 model_card.md, spark_model/). Memoized, so every module importing the fixture shares one build.
 """
@@ -82,9 +82,9 @@ def write_bundle(
     version: str,
     threshold: float = THRESHOLD,
 ) -> Path:
-    """A bundle folder in the serving contract (`src.pipelines.bundle.read_bundle` accepts it)."""
+    """A bundle folder in the serving contract (`src.core.bundle.read_bundle` accepts it)."""
     from src.contracts import ThresholdChoice
-    from src.pipelines.bundle import ServingInfo
+    from src.core.bundle import ServingInfo
 
     target.mkdir(parents=True, exist_ok=True)
     (target / "model.onnx").write_bytes(onnx_bytes)
@@ -110,8 +110,8 @@ def write_bundle(
 
 
 def _segmentation(spark: Any, cfg: Any, train_path: Path) -> tuple[Any, Any]:
-    from src.pipelines.raw_schema import LABEL_COLUMN
-    from src.pipelines.segmentation import (
+    from src.core.raw_schema import LABEL_COLUMN
+    from src.pipelines.segmentation.clustering import (
         cluster_stats,
         export_params,
         fit_kmeans,
@@ -158,8 +158,8 @@ def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
 
     from src.agents.trainer_agent import load_training_data
     from src.contracts import TrainSupRequest
-    from src.pipelines.classifiers import fit_pipeline
-    from src.pipelines.onnx_export import export_classifier
+    from src.pipelines.export.onnx_export import export_classifier
+    from src.pipelines.training.classifiers import fit_pipeline
 
     data = load_training_data(
         spark, cfg, TrainSupRequest(train=split.train, test=split.test)

@@ -9,9 +9,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from src.pipelines.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
-from src.pipelines.features import model_table
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN, RAW_COLUMNS
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN, RAW_COLUMNS
+from src.pipelines.preparation.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
+from src.pipelines.preparation.features import model_table
 from src.utils.config import load_config
 from src.utils.errors import DataError
 from tests.conftest import REPO

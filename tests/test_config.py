@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.pipelines.raw_schema import RAW_COLUMNS, is_leaky, leaky_columns
+from src.core.raw_schema import RAW_COLUMNS, is_leaky, leaky_columns
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
 from tests.conftest import REPO, write_params

@@ -43,8 +43,8 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tracked = run(["git", "ls-files"], REPO).stdout.split()
     for name in {
         *tracked,
-        "src/pipelines/synthetic.py",
-        "src/pipelines/synthetic_calibration.json",
+        "src/pipelines/acquisition/synthetic.py",
+        "src/pipelines/acquisition/synthetic_calibration.json",
     }:
         if (REPO / name).is_file() and not name.startswith("tests/"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ from src.contracts import (
     TrainSupResult,
     TrainUnsupResult,
 )
-from src.pipelines.raw_schema import LABEL_COLUMN
-from src.pipelines.references import LOGISTIC_REFERENCE, SUB_GRADE_REFERENCE
-from src.pipelines.thresholds import choose_threshold
+from src.core.raw_schema import LABEL_COLUMN
+from src.core.thresholds import choose_threshold
+from src.pipelines.training.references import LOGISTIC_REFERENCE, SUB_GRADE_REFERENCE
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.tracking import TRACKING_URI_ENV

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from src.pipelines.evaluation import (
+from src.core.metrics import (
     _ap_from_groups,
     _auc_from_groups,
     _resampled_group_weights,
@@ -25,7 +25,7 @@ from src.pipelines.evaluation import (
     log_loss,
     roc_curve,
 )
-from src.pipelines.thresholds import choose_threshold, profit_at, scan_thresholds
+from src.core.thresholds import choose_threshold, profit_at, scan_thresholds
 from src.utils.config import ThresholdConfig
 
 PROFIT = ThresholdConfig(rule="profit", loss_given_default=0.6, margin=0.12)

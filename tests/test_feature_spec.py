@@ -14,15 +14,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from src.contracts import Artifact, TrainSupRequest
-from src.pipelines.feature_spec import (
+from src.core.feature_spec import (
     CategoricalFeature,
     FeatureSpec,
     NumericFeature,
     spec_sql,
     transform_records,
 )
-from src.pipelines.raw_schema import KEY_COLUMN, is_leaky
-from src.pipelines.spec_fitting import fit_feature_spec, spec_columns
+from src.core.raw_schema import KEY_COLUMN, is_leaky
+from src.pipelines.training.spec_fitting import fit_feature_spec, spec_columns
 from src.utils.errors import ConfigError, DataError
 from src.utils.hashing import content_hash
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from src.pipelines.kaggle_source import DownloadSummary, download_kaggle_file
-from src.pipelines.raw_schema import RAW_COLUMNS
+from src.core.raw_schema import RAW_COLUMNS
+from src.pipelines.acquisition.kaggle import DownloadSummary, download_kaggle_file
 from src.utils.errors import ConfigError, DataError, PermanentError, TransientError
 from tests.kaggle_stub import KaggleStub, make_raw_csv_gz
 
@@ -250,7 +250,7 @@ def test_fresh_process_without_credentials_prints_nothing(tmp_path: Path) -> Non
         f"""
         import sys
         from pathlib import Path
-        from src.pipelines.kaggle_source import download_kaggle_file
+        from src.pipelines.acquisition.kaggle import download_kaggle_file
         from src.utils.errors import PermanentError
         assert "kaggle" not in sys.modules and "kagglesdk" not in sys.modules
         try:

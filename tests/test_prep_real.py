@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from src.pipelines.raw_schema import is_leaky
+from src.core.raw_schema import is_leaky
 from src.supervisor import run_stages
 from tests.conftest import REAL_SAMPLE
 

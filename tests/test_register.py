@@ -28,7 +28,7 @@ from src.contracts import (
     TrainSupResult,
     TrainUnsupResult,
 )
-from src.pipelines.bundle import (
+from src.core.bundle import (
     CARD_FILE,
     MODEL_FILE,
     SEGMENTATION_FILE,
@@ -37,10 +37,10 @@ from src.pipelines.bundle import (
     load_bundle,
     read_bundle,
 )
-from src.pipelines.raw_schema import KEY_COLUMN
+from src.core.raw_schema import KEY_COLUMN
+from src.pipelines.registry.client import Registry
 from src.utils.config import RetryConfig
 from src.utils.errors import PermanentError, TransientError
-from src.utils.registry import Registry
 from src.utils.tracking import TRACKING_URI_ENV
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -140,7 +140,7 @@ def _alias(cfg: Any, alias: str) -> str | None:
 def _spark_probabilities(spark: Any, model_dir: Path, test_path: Path) -> Any:
     from pyspark.ml import PipelineModel
 
-    from src.pipelines.metrics import positive_probability
+    from src.pipelines.evaluation.spark_metrics import positive_probability
 
     model = PipelineModel.load(str(model_dir))
     frame = model.transform(spark.read.parquet(str(test_path))).select(
@@ -152,8 +152,12 @@ def _spark_probabilities(spark: Any, model_dir: Path, test_path: Path) -> Any:
 def test_onnx_export_matches_spark_for_every_model_type(spark: Any, upstream: Upstream) -> None:
     from pyspark.ml import PipelineModel
 
-    from src.pipelines.feature_spec import FeatureSpec
-    from src.pipelines.onnx_export import check_parity, export_classifier, score_test_with_spark
+    from src.core.feature_spec import FeatureSpec
+    from src.pipelines.export.onnx_export import (
+        check_parity,
+        export_classifier,
+        score_test_with_spark,
+    )
 
     cfg = upstream.cfg
     test = spark.read.parquet(str(cfg.path(upstream.split.test.path)))
@@ -261,7 +265,7 @@ def test_bundle_loads_and_predicts_without_pyspark(
     folder = upstream.cfg.path(upstream.cfg.registry.bundle_dir)
     code = (
         "import sys, numpy as np\n"
-        "from src.pipelines.bundle import read_bundle\n"
+        "from src.core.bundle import read_bundle\n"
         f"b = read_bundle({str(folder)!r})\n"
         "p = b.predict_proba(np.zeros((3, len(b.features))))\n"
         "assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all(), p\n"
@@ -278,7 +282,7 @@ def test_model_card_warns_about_synthetic_data(upstream: Upstream) -> None:
     from datetime import UTC, datetime
 
     from src.contracts import Artifact, FetchResult
-    from src.pipelines.model_card import ModelCardInput, render_model_card
+    from src.pipelines.registry.model_card import ModelCardInput, render_model_card
 
     best = upstream.evaluate.best_model
     fetch = FetchResult(source="synthetic", origin="synthetic(rows=40000, seed=42)",

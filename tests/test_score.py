@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from src.contracts import RegisterResult, ScoreResult
-from src.pipelines.raw_schema import KEY_COLUMN
-from src.pipelines.scoring import APPROVE, DECLINE, OUTPUT_COLUMNS, score_file
+from src.core.raw_schema import KEY_COLUMN
+from src.pipelines.scoring.batch import APPROVE, DECLINE, OUTPUT_COLUMNS, score_file
 from src.utils.tracking import TRACKING_URI_ENV
 from tests.test_register import Upstream, register, upstream_of
 
@@ -54,7 +54,7 @@ def _spark_reference(spark: Any, cfg: Any, upstream: Upstream) -> pd.DataFrame:
     """The champion's Spark model on every processed loan (both split sides), by loan_key."""
     from pyspark.ml import PipelineModel
 
-    from src.pipelines.metrics import positive_probability
+    from src.pipelines.evaluation.spark_metrics import positive_probability
 
     model = PipelineModel.load(str(cfg.path(cfg.registry.bundle_dir) / "spark_model"))
     loans = spark.read.parquet(str(cfg.path(upstream.split.train.path))).unionByName(

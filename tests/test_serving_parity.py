@@ -19,9 +19,9 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.cleaning import ROW_CLASS, classify_rows, read_raw
-from src.pipelines.metrics import positive_probability
-from src.pipelines.raw_schema import KEY_COLUMN
+from src.core.raw_schema import KEY_COLUMN
+from src.pipelines.evaluation.spark_metrics import positive_probability
+from src.pipelines.preparation.cleaning import ROW_CLASS, classify_rows, read_raw
 from src.serving.app import create_app
 from tests.serving_fixtures import (  # noqa: F401  (fixtures register by name)
     SMALL_MODELS,

@@ -6,8 +6,8 @@ import hashlib
 
 from pyspark.sql import functions as F
 
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.splitting import split_by_time, split_stratified
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.preparation.splitting import split_by_time, split_stratified
 from src.supervisor import load_result, run_stage
 
 

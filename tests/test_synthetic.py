@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
-from src.pipelines.raw_schema import DEFAULT_STATUSES, PAID_STATUSES, RAW_COLUMNS
-from src.pipelines.synthetic import (
+from src.core.raw_schema import DEFAULT_STATUSES, PAID_STATUSES, RAW_COLUMNS
+from src.pipelines.acquisition.synthetic import (
     CALIBRATION_PATH,
     calibrate,
     load_calibration,

@@ -14,8 +14,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from src.contracts import Artifact, TrainSupRequest, TrainSupResult
-from src.pipelines.feature_spec import FeatureSpec, spec_sql
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.feature_spec import FeatureSpec, spec_sql
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from tests.conftest import SMALL_TRAINING
@@ -143,7 +143,7 @@ def test_balancing_raises_minority_recall(
     spark: Any, trained: tuple[Any, TrainSupResult], test_split: DataFrame
 ) -> None:
     from src.agents.trainer_agent import load_training_data
-    from src.pipelines.classifiers import fit_pipeline
+    from src.pipelines.training.classifiers import fit_pipeline
 
     cfg, result = trained
     data = load_training_data(spark, cfg, _request(cfg))

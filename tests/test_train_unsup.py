@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from src.contracts import SplitResult, TrainUnsupResult
-from src.pipelines.segment_params import MODEL_NAMES, assign_segment
-from src.pipelines.segmentation import (
+from src.core.segment_params import MODEL_NAMES, assign_segment
+from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
     PREDICTION,
     band_names,

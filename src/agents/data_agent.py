@@ -8,7 +8,7 @@ from pathlib import Path
 
 from src.agents.base import Agent, Skill
 from src.contracts import Artifact, FetchRequest, FetchResult
-from src.pipelines.cleaning import read_header
+from src.pipelines.preparation.cleaning import read_header
 from src.utils.atomic import atomic_path
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
@@ -55,7 +55,7 @@ class DataAgent(Agent):
             copy_as_gzip(source, target)
             origin = str(data.file_path)
         elif request.source == "synthetic":
-            from src.pipelines.synthetic import write_synthetic_loans
+            from src.pipelines.acquisition.synthetic import write_synthetic_loans
 
             syn = data.synthetic
             with atomic_path(target) as tmp:
@@ -70,7 +70,7 @@ class DataAgent(Agent):
                 )
             origin = f"synthetic(rows={syn.rows}, seed={self.cfg.seed})"
         else:
-            from src.pipelines.kaggle_source import download_kaggle_file
+            from src.pipelines.acquisition.kaggle import download_kaggle_file
 
             kaggle = data.kaggle
             download_kaggle_file(kaggle.dataset, kaggle.file_name, target, kaggle.min_bytes)

@@ -34,9 +34,8 @@ from src.contracts import (
     ThresholdChoice,
     TrainedModel,
 )
-from src.pipelines import plots
-from src.pipelines.classifiers import PROBABILITY_COLUMN
-from src.pipelines.evaluation import (
+from src.core.feature_spec import FeatureSpec
+from src.core.metrics import (
     Scored,
     auc_roc,
     average_precision,
@@ -48,19 +47,20 @@ from src.pipelines.evaluation import (
     ks_statistic,
     log_loss,
 )
-from src.pipelines.feature_spec import FeatureSpec
-from src.pipelines.metrics import positive_probability
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.references import (
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.segment_params import SegmentParams, assign_segment
+from src.core.thresholds import ThresholdScan, profit_at, scan_thresholds
+from src.pipelines.evaluation import plots
+from src.pipelines.evaluation.spark_metrics import positive_probability
+from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.training.classifiers import PROBABILITY_COLUMN
+from src.pipelines.training.references import (
     LOGISTIC_REFERENCE,
     SUB_GRADE,
     SUB_GRADE_REFERENCE,
     fit_logistic,
     fit_sub_grade,
 )
-from src.pipelines.segment_params import SegmentParams, assign_segment
-from src.pipelines.splitting import split_fit_validation
-from src.pipelines.thresholds import ThresholdScan, profit_at, scan_thresholds
 from src.utils.atomic import atomic_write_json
 from src.utils.config import EvaluateConfig
 from src.utils.errors import DataError

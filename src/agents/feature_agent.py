@@ -17,10 +17,10 @@ from src.contracts import (
     SplitResult,
     SplitSide,
 )
-from src.pipelines.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
-from src.pipelines.features import model_table
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.splitting import side_summary, split_by_time, split_stratified
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.preparation.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
+from src.pipelines.preparation.features import model_table
+from src.pipelines.preparation.splitting import side_summary, split_by_time, split_stratified
 from src.utils.atomic import atomic_path
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash

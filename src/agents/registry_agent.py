@@ -33,7 +33,7 @@ from src.contracts import (
     SplitResult,
     TrainedModel,
 )
-from src.pipelines.bundle import (
+from src.core.bundle import (
     CARD_FILE,
     MODEL_FILE,
     ONNX_INPUT,
@@ -46,9 +46,10 @@ from src.pipelines.bundle import (
     file_sha256,
     read_bundle,
 )
-from src.pipelines.feature_spec import FeatureSpec, transform_records
-from src.pipelines.model_card import ModelCardInput, render_model_card
-from src.pipelines.onnx_export import (
+from src.core.feature_spec import FeatureSpec, transform_records
+from src.core.metrics import ranking_metric
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.export.onnx_export import (
     Parity,
     ScoredTest,
     assembler_inputs,
@@ -56,13 +57,12 @@ from src.pipelines.onnx_export import (
     export_classifier,
     score_test_with_spark,
 )
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.scoring import ranking_metric
+from src.pipelines.registry.client import Registry, short_error
+from src.pipelines.registry.model_card import ModelCardInput, render_model_card
 from src.utils.atomic import atomic_path
 from src.utils.errors import DataError, PermanentError, StaleUpstreamError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
-from src.utils.registry import Registry, short_error
 from src.utils.spark import get_spark
 from src.utils.tracking import git_commit
 

@@ -22,9 +22,9 @@ from src.contracts import (
     TrainUnsupRequest,
     TrainUnsupResult,
 )
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.segment_params import MODEL_NAMES, ModelName
-from src.pipelines.segmentation import (
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.segment_params import MODEL_NAMES, ModelName
+from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
     PREDICTION,
     Preprocessing,

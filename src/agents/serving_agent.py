@@ -25,7 +25,7 @@ class ServingAgent(Agent):
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         """Score every loan of `request.input_path` with `request.model_uri` (Spark batch)."""
-        from src.pipelines.scoring import score_file
+        from src.pipelines.scoring.batch import score_file
         from src.utils.spark import get_spark
 
         spark = get_spark(self.cfg.spark)

@@ -22,17 +22,17 @@ from src.contracts import (
     TrainSupRequest,
     TrainSupResult,
 )
-from src.pipelines.classifiers import (
+from src.core.feature_spec import FeatureSpec
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.evaluation.spark_metrics import binary_metrics, positive_probability
+from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.training.classifiers import (
     PROBABILITY_COLUMN,
     ModelName,
     classifier_params,
     fit_pipeline,
 )
-from src.pipelines.feature_spec import FeatureSpec
-from src.pipelines.metrics import binary_metrics, positive_probability
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.spec_fitting import fit_feature_spec
-from src.pipelines.splitting import split_fit_validation
+from src.pipelines.training.spec_fitting import fit_feature_spec
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError

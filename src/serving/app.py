@@ -33,8 +33,8 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from src.pipelines.bundle import Bundle
-from src.pipelines.raw_schema import RAW_COLUMNS, is_leaky
+from src.core.bundle import Bundle
+from src.core.raw_schema import RAW_COLUMNS, is_leaky
 from src.serving.model_store import (
     Backend,
     LoadedModel,

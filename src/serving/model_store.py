@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from src.pipelines.bundle import (
+from src.core.bundle import (
     DEFAULT_CLASS_INDEX,
     MODEL_FILE,
     SEGMENTATION_FILE,
@@ -30,9 +30,9 @@ from src.pipelines.bundle import (
     input_dtype,
     load_bundle,
 )
-from src.pipelines.feature_spec import FeatureSpec, transform_records
-from src.pipelines.segment_params import SegmentParams, assign_segment
-from src.serving.application import ParsedApplication
+from src.core.feature_spec import FeatureSpec, transform_records
+from src.core.loan import ParsedApplication
+from src.core.segment_params import SegmentParams, assign_segment
 from src.serving.schemas import Factor
 from src.utils.config import Config
 from src.utils.errors import ConfigError, DataError, TransientError

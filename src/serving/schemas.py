@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from src.serving.application import (
+from src.core.loan import (
     GRADES,
     SUB_GRADE,
     ParsedApplication,

@@ -13,9 +13,9 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from src.pipelines.bundle import Bundle
-from src.pipelines.feature_spec import FeatureSpec
-from src.serving.application import ParsedApplication
+from src.core.bundle import Bundle
+from src.core.feature_spec import FeatureSpec
+from src.core.loan import ParsedApplication
 from src.serving.model_store import POSITIVE_CLASS, Scored, ScorerFactory, Segmenter
 from src.utils.config import SparkConfig
 from src.utils.errors import DataError

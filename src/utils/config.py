@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from src.pipelines.raw_schema import RAW_COLUMNS, is_leaky
+from src.core.raw_schema import RAW_COLUMNS, is_leaky
 from src.utils.errors import ConfigError
 
 PARAMS_ENV = "CREDIT_RISK_PARAMS"

@@ -124,8 +124,8 @@ class Bundle:
         return self.serving.features
 
     def feature_spec(self) -> Any:
-        """The FeatureSpec model (imports src.pipelines.feature_spec)."""
-        from src.pipelines.feature_spec import FeatureSpec
+        """The FeatureSpec model (imports src.core.feature_spec)."""
+        from src.core.feature_spec import FeatureSpec
 
         return FeatureSpec.model_validate(self.spec_json)
 
@@ -161,8 +161,8 @@ class Bundle:
         return np.asarray(probabilities, dtype=np.float64)[:, DEFAULT_CLASS_INDEX]
 
     def transform(self, records: Sequence[Mapping[str, object]]) -> np.ndarray:
-        """The spec feature matrix of parsed loan records (imports src.pipelines.feature_spec)."""
-        from src.pipelines.feature_spec import transform_records
+        """The spec feature matrix of parsed loan records (imports src.core.feature_spec)."""
+        from src.core.feature_spec import transform_records
 
         return transform_records(self.feature_spec(), records)
 
@@ -172,7 +172,7 @@ class Bundle:
 
     def segment_bands(self, rows: np.ndarray) -> list[str]:
         """Risk band of each row of segmentation feature values (NaN = missing)."""
-        from src.pipelines.segment_params import assign_segment
+        from src.core.segment_params import assign_segment
 
         bands = {int(k): v for k, v in self.segmentation_json["bands"].items()}
         return [bands[c] for c in assign_segment(self.segmentation_json, rows)]

@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from src.pipelines.raw_schema import (
+from src.core.raw_schema import (
     DEFAULT_STATUSES,
     KEY_COLUMN,
     LABEL_COLUMN,

@@ -13,7 +13,9 @@ from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.classifiers import (
+from src.core.feature_spec import FeatureSpec
+from src.core.raw_schema import LABEL_COLUMN
+from src.pipelines.training.classifiers import (
     FEATURES_COLUMN,
     WEIGHT_COLUMN,
     build_pipeline,
@@ -21,8 +23,6 @@ from src.pipelines.classifiers import (
     class_weights,
     with_class_weight,
 )
-from src.pipelines.feature_spec import FeatureSpec
-from src.pipelines.raw_schema import LABEL_COLUMN
 from src.utils.errors import DataError
 
 SUB_GRADE = "sub_grade"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN, is_leaky
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN, is_leaky
 
 SPEC_VERSION = 1
 # Output names carry a separator no raw column has, so they never clash with the input columns

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from src.contracts import SegmentEvaluation
-from src.pipelines.evaluation import (
+from src.core.metrics import (
     Confusion,
     Scored,
     average_precision,
@@ -21,7 +21,7 @@ from src.pipelines.evaluation import (
     pr_curve,
     roc_curve,
 )
-from src.pipelines.thresholds import ThresholdScan
+from src.core.thresholds import ThresholdScan
 from src.utils.atomic import atomic_path
 
 PLOT_DPI = 120

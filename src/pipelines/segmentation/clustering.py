@@ -22,7 +22,7 @@ from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.segment_params import (
+from src.core.segment_params import (
     SPARK_EPSILON,
     GmmParams,
     KMeansParams,

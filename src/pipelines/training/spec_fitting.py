@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.feature_spec import (
+from src.core.feature_spec import (
     CategoricalFeature,
     FeatureSpec,
     NumericFeature,
     capped_sql,
     quote_identifier,
 )
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN, is_leaky
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN, is_leaky
 from src.utils.config import FeatureSpecConfig
 from src.utils.errors import ConfigError, DataError
 from src.utils.logging import get_logger

@@ -1,8 +1,9 @@
 """A loan application as copied from a LendingClub file → parsed values → derived features.
 
-Pure Python, no Spark: every parser mirrors its Spark twin in `src/pipelines/cleaning.py` and every
-derived feature its twin in `src/pipelines/features.py`, bit for bit, so the served model sees the
-numbers it was trained on (`tests/test_serving_parity.py` proves it on every loan of a test split).
+Pure Python, no Spark: every parser mirrors its Spark twin in
+`src/pipelines/preparation/cleaning.py` and every derived feature its twin in
+`src/pipelines/preparation/features.py`, bit for bit, so the served model sees the numbers it was
+trained on (`tests/test_serving_parity.py` proves it on every loan of a test split).
 """
 
 from __future__ import annotations

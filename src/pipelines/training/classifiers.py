@@ -21,8 +21,8 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.feature_spec import FeatureSpec, spec_sql
-from src.pipelines.raw_schema import LABEL_COLUMN
+from src.core.feature_spec import FeatureSpec, spec_sql
+from src.core.raw_schema import LABEL_COLUMN
 from src.utils.errors import DataError
 
 ModelName = Literal["random_forest", "gbt", "mlp"]

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.pipelines.metrics import LOG_LOSS_EPS
+from src.utils.errors import PermanentError
 
+# Probabilities are clipped away from 0 and 1 so one confident mistake gives a large, finite loss
+# (the convention of scikit-learn's log_loss).
+LOG_LOSS_EPS = 1e-15
 # Two-sided level of the bootstrap percentile intervals.
 CI_LEVEL = 0.95
 # Resamples scored per matrix: bounds memory to a few (chunk × rows) float arrays.
@@ -285,3 +288,21 @@ def bootstrap_intervals(y: np.ndarray, p: np.ndarray, samples: int, seed: int) -
         auc_pr=_percentile_interval(np.concatenate(aps)),
         samples=samples,
     )
+
+
+def ranking_metric(name: str, labels: np.ndarray, scores: np.ndarray) -> float:
+    """`evaluate.primary_metric` (auc_roc | auc_pr | ks | gini) of P(default) scores.
+
+    The functions evaluate uses, so a registry score is on the scale of its Evaluation.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(scores, dtype=np.float64)
+    if name == "auc_roc":
+        return auc_roc(y, p)
+    if name == "auc_pr":
+        return average_precision(y, p)
+    if name == "ks":
+        return ks_statistic(y, p)
+    if name == "gini":
+        return gini(auc_roc(y, p))
+    raise PermanentError(f"unknown ranking metric '{name}'")

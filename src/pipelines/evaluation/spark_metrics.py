@@ -8,11 +8,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from src.contracts import ModelMetrics
+from src.core.metrics import LOG_LOSS_EPS
 from src.utils.errors import DataError
 
-# Probabilities are clipped away from 0 and 1 so one confident mistake gives a large, finite loss
-# (the convention of scikit-learn's log_loss).
-LOG_LOSS_EPS = 1e-15
 _P1 = "_p_default"
 _Y = "_y"
 

@@ -25,16 +25,16 @@ from pyspark.ml.classification import MultilayerPerceptronClassificationModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
-from src.pipelines.bundle import (
+from src.core.bundle import (
     DEFAULT_CLASS_INDEX,
     ONNX_INPUT,
     ONNX_PROBABILITY_OUTPUT,
     input_dtype,
 )
-from src.pipelines.classifiers import PROBABILITY_COLUMN
-from src.pipelines.feature_spec import FeatureSpec, transform_records
-from src.pipelines.metrics import positive_probability
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.feature_spec import FeatureSpec, transform_records
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.evaluation.spark_metrics import positive_probability
+from src.pipelines.training.classifiers import PROBABILITY_COLUMN
 from src.utils.errors import DataError, PermanentError
 from src.utils.logging import get_logger
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from src.contracts import ScoreResult
-from src.pipelines.bundle import Bundle, is_model_uri, read_bundle
+from src.core.bundle import Bundle, is_model_uri, read_bundle
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
@@ -49,26 +49,6 @@ _QUOTED_VALUE = re.compile(r"\s*'.*'\s*$")
 # --- the registry's champion comparison ---------------------------------------------------------
 
 
-def ranking_metric(name: str, labels: np.ndarray, scores: np.ndarray) -> float:
-    """`evaluate.primary_metric` (auc_roc | auc_pr | ks | gini) of P(default) scores.
-
-    The evaluate stage's own functions, so a registry score is on the scale of its Evaluation.
-    """
-    from src.pipelines import evaluation
-
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(scores, dtype=np.float64)
-    if name == "auc_roc":
-        return evaluation.auc_roc(y, p)
-    if name == "auc_pr":
-        return evaluation.average_precision(y, p)
-    if name == "ks":
-        return evaluation.ks_statistic(y, p)
-    if name == "gini":
-        return evaluation.gini(evaluation.auc_roc(y, p))
-    raise PermanentError(f"unknown ranking metric '{name}'")
-
-
 # --- batch scoring -------------------------------------------------------------------------------
 
 
@@ -84,7 +64,7 @@ def _reason_kind(reason: str) -> str:
 def _open_bundle(cfg: Config, model_uri: str, scratch: Path) -> Bundle:
     if not is_model_uri(model_uri):
         return read_bundle(cfg.path(model_uri))
-    from src.utils.registry import Registry
+    from src.pipelines.registry.client import Registry
 
     return read_bundle(Registry(cfg).download(model_uri, scratch))
 
@@ -93,7 +73,7 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     """Every raw record with its input position, key, raw id/status, class and parsed fields."""
     from pyspark.sql import functions as F
 
-    from src.pipelines.cleaning import classify_rows, read_raw, row_key
+    from src.pipelines.preparation.cleaning import classify_rows, read_raw, row_key
 
     prep = cfg.prep
     raw = read_raw(spark, input_path, prep.multiline_csv)
@@ -124,7 +104,7 @@ def _features_frame(rows: Any, cfg: Config, bundle: Bundle) -> Any:
     """Scoreable rows as the processed table has them: numeric as double, derived features added."""
     from pyspark.sql import functions as F
 
-    from src.pipelines.features import add_derived_features
+    from src.pipelines.preparation.features import add_derived_features
 
     prep = cfg.prep
     with_derived = add_derived_features(rows, prep.derived)
@@ -161,9 +141,9 @@ def score_file(
     from pyspark.ml import PipelineModel
     from pyspark.sql import functions as F
 
-    from src.pipelines.classifiers import PROBABILITY_COLUMN
-    from src.pipelines.cleaning import REASON, ROW_CLASS
-    from src.pipelines.metrics import positive_probability
+    from src.pipelines.evaluation.spark_metrics import positive_probability
+    from src.pipelines.preparation.cleaning import REASON, ROW_CLASS
+    from src.pipelines.training.classifiers import PROBABILITY_COLUMN
 
     started = time.perf_counter()
     uri = model_uri or default_model_uri(cfg)
@@ -231,7 +211,7 @@ def score_file(
 
     reasons = unscored["reason"].map(_reason_kind).value_counts().to_dict()
     status = loans[_RAW_STATUS].fillna("").astype(str).str.strip()
-    from src.pipelines.raw_schema import UNRESOLVED_STATUSES
+    from src.core.raw_schema import UNRESOLVED_STATUSES
 
     open_loans = int(status.isin(UNRESOLVED_STATUSES).sum())
     result = ScoreResult(

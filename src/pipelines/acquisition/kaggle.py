@@ -25,7 +25,7 @@ import urllib3
 from pydantic import BaseModel, ConfigDict
 from requests.adapters import HTTPAdapter
 
-from src.pipelines.raw_schema import RAW_COLUMNS
+from src.core.raw_schema import RAW_COLUMNS
 from src.utils.atomic import atomic_path
 from src.utils.errors import (
     ConfigError,

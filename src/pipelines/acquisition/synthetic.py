@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, ndtr, ndtri
 
-from src.pipelines.raw_schema import DEFAULT_STATUSES, PAID_STATUSES, RAW_COLUMNS
+from src.core.raw_schema import DEFAULT_STATUSES, PAID_STATUSES, RAW_COLUMNS
 from src.utils.atomic import atomic_path
 from src.utils.logging import get_logger
 
@@ -1205,7 +1205,7 @@ def _footer(template: str, lines: int, funded_total: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`calibrate --sample PATH --out JSON` or `generate --out PATH --rows N --seed S`."""
-    parser = argparse.ArgumentParser(prog="python -m src.pipelines.synthetic")
+    parser = argparse.ArgumentParser(prog="python -m src.pipelines.acquisition.synthetic")
     sub = parser.add_subparsers(dest="command", required=True)
     cal_p = sub.add_parser("calibrate", help="derive aggregate statistics from the real sample")
     cal_p.add_argument("--sample", type=Path, required=True)

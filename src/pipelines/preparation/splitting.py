@@ -7,7 +7,7 @@ from datetime import date
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from src.pipelines.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 
 
 def _safe_ratio(numerator: Column, denominator: Column) -> Column:

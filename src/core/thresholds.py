@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.pipelines.evaluation import check_inputs
+from src.core.metrics import check_inputs
 from src.utils.config import ThresholdConfig
 
 
