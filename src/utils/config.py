@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from src.core.raw_schema import RAW_COLUMNS, is_leaky
+from src.core.scorecard import ScorecardScaling
 from src.utils.errors import ConfigError
 
 PARAMS_ENV = "CREDIT_RISK_PARAMS"
@@ -212,6 +213,7 @@ class Config(Section):
     # `register` would shadow BaseModel.register (ABC machinery); params.yaml still says `register`.
     registry: RegisterConfig = Field(alias="register")
     serving: ServingConfig
+    scorecard: ScorecardScaling = ScorecardScaling()
 
     @model_validator(mode="after")
     def _features_come_from_prep(self) -> Config:
