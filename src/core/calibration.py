@@ -33,7 +33,7 @@ class Calibration(BaseModel):
         if self.method == "identity":
             return self
         if not self.boundaries or len(self.boundaries) != len(self.predictions):
-            raise ValueError("calibration: boundaries and predictions need the same, non-zero length")
+            raise ValueError("calibration: boundaries and predictions: unequal lengths or empty")
         if any(b > a for a, b in zip(self.boundaries[1:], self.boundaries, strict=False)):
             raise ValueError("calibration: boundaries must be non-decreasing")
         if any(b > a for a, b in zip(self.predictions[1:], self.predictions, strict=False)):
