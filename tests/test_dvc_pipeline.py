@@ -78,6 +78,21 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path) -> None:
     assert "reports/prep.json" in metrics.stdout and "kept_rows" in metrics.stdout
 
 
+def test_a_code_change_marks_exactly_the_stages_that_import_it(dvc_repo: Path) -> None:
+    """A module only register imports: `dvc status` says register changed, and nothing else."""
+    target = dvc_repo / "src" / "pipelines" / "registry" / "model_card.py"
+    original = target.read_text()
+    target.write_text(original + "\n# a code change\n")
+    try:
+        status = run([sys.executable, "-m", "dvc", "status", "--json"], dvc_repo)
+        changed = set(json.loads(status.stdout))
+    finally:
+        target.write_text(original)
+    assert changed == {"register"}
+    after = run([sys.executable, "-m", "dvc", "status"], dvc_repo)
+    assert "up to date" in after.stdout
+
+
 def use_remote(repo: Path, storage: Path) -> None:
     """Point the default remote at `storage` in the repo's local config, as a user would."""
     dvc = [sys.executable, "-m", "dvc"]
