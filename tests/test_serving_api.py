@@ -509,15 +509,18 @@ def test_score_command_runs_the_agent_and_writes_the_report(
     spark: Any, serving_bundles: ServingBundles, sample_path: Path, tmp_path: Path
 ) -> None:
     """`credit-risk score`: ScoreRequest → ServingAgent → reports/score.json, events logged."""
+    import csv
     import gzip
 
     from src.contracts import ScoreResult
     from src.supervisor import main
 
+    # Records, not lines: free-text fields may hold quoted newlines.
     with gzip.open(sample_path, "rt", newline="") as handle:
-        lines = [next(handle) for _ in range(SCORE_ROWS + 1)]
+        records = [row for _, row in zip(range(SCORE_ROWS + 1), csv.reader(handle), strict=False)]
     raw = tmp_path / "new_loans.csv"
-    raw.write_text("".join(lines))
+    with raw.open("w", newline="") as out:
+        csv.writer(out).writerows(records)
     params = serving_bundles.cfg.root / "params.yaml"
     output = tmp_path / "predictions.csv"
     code = main(["--params", str(params), "score", "--input", str(raw), "--output", str(output),
