@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import warnings
@@ -81,15 +82,17 @@ def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def subsample_path(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A deterministic real subsample (every k-th loan) of about SUBSAMPLE_ROWS loans."""
+    """A deterministic subsample (every k-th record) of about SUBSAMPLE_ROWS loans."""
+    # Records, not lines: free-text fields may hold quoted newlines.
     with gzip.open(sample_path, "rt", newline="") as handle:
-        lines = handle.read().splitlines(keepends=True)
-    header, body = lines[0], lines[1:]
+        records = list(csv.reader(handle))
+    header, body = records[0], records[1:]
     step = max(1, len(body) // SUBSAMPLE_ROWS)
     path = tmp_path_factory.mktemp("subsample") / "loans.csv.gz"
     with gzip.open(path, "wt", newline="") as out:
-        out.write(header)
-        out.writelines(body[::step][:SUBSAMPLE_ROWS])
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(body[::step][:SUBSAMPLE_ROWS])
     return path
 
 
