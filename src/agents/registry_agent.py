@@ -88,11 +88,8 @@ def _signature(n_features: int) -> Any:
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), ONNX_INPUT)]),
-        outputs=Schema([
-            TensorSpec(np.dtype(np.int64), (-1,), "prediction"),
-            TensorSpec(np.dtype(np.float32), (-1, 2), ONNX_PROBABILITY_OUTPUT),
-        ]),
+        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, n_features), ONNX_INPUT)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, 2), ONNX_PROBABILITY_OUTPUT)]),
     )
 
 

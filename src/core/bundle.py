@@ -1,6 +1,6 @@
 """The serving bundle: one folder with everything needed to score a loan, without Spark or a JVM.
 
-    model.onnx          the champion classifier (input `features`, float [None, n_features])
+    model.onnx          the champion classifier (input `features`, double [None, n_features])
     feature_spec.json   the trainer's FeatureSpec, unchanged
     segmentation.json   the serving segmentation's segments.json, unchanged (its `model` says
                         kmeans or gmm)
@@ -43,7 +43,7 @@ ONNX_PROBABILITY_OUTPUT = "probability"
 DEFAULT_CLASS_INDEX = 1
 
 HOW_TO_READ = (
-    f"input '{ONNX_INPUT}': float32 (float64 for the MLP) [n, len(features)], columns in "
+    f"input '{ONNX_INPUT}': float64 [n, len(features)], columns in "
     "`features` order (the feature spec applied to the loan); P(default) = "
     f"outputs['{ONNX_PROBABILITY_OUTPUT}'][:, {DEFAULT_CLASS_INDEX}] (column 0 is P(repaid))"
 )
@@ -183,7 +183,8 @@ class Bundle:
 
 
 def input_dtype(session: Any) -> type[np.floating[Any]]:
-    """The numpy type an ONNX Runtime session's input takes: float64 or float32 graphs."""
+    """The numpy type an ONNX Runtime session's input takes: float64 (every current export), or
+    float32 for bundles exported before the float64 graphs."""
     return np.float64 if "double" in session.get_inputs()[0].type else np.float32
 
 

@@ -1,27 +1,27 @@
-"""Spark classifier → ONNX with onnxmltools, and the parity check against Spark on the test split.
+"""Spark classifier → ONNX, and the parity check against Spark on the test split.
 
 Only the classifier stage is converted: its input is the plain numeric `features` vector that the
 VectorAssembler builds from spec.features; the spec itself runs in numpy (`transform_records`)
-at serving time. onnxmltools' converters emit float32 graphs (tree thresholds, MLP weights), so
-the input is float32: differences to Spark are rounding, ~1e-7, checked on every row.
+at serving time. Every graph takes `features` as float64, as Spark does: tree ensembles and
+logistic regression are our own float64 graphs (trees.py, linear.py), the MLP is onnxmltools'
+graph in float64, XGBoost is onnxmltools' graph behind a cast to float32 (XGBoost's own precision).
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pandas as pd
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import MultilayerPerceptronClassificationModel
+from pyspark.ml.classification import (
+    GBTClassificationModel,
+    LogisticRegressionModel,
+    MultilayerPerceptronClassificationModel,
+    RandomForestClassificationModel,
+)
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
@@ -34,98 +34,19 @@ from src.core.bundle import (
 from src.core.feature_spec import FeatureSpec, transform_records
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import positive_probability
+from src.pipelines.export.linear import logistic_regression_model
+from src.pipelines.export.trees import gbt_model, random_forest_model
+from src.pipelines.export.xgboost_export import is_xgboost, xgboost_model
 from src.pipelines.training.classifiers import PROBABILITY_COLUMN
 from src.utils.errors import DataError, PermanentError
 from src.utils.logging import get_logger
 
 log = get_logger(component="onnx_export")
 
-_CONVERTER_PACKAGE = "onnxmltools.convert.sparkml.operator_converters"
-_TREE_READER = "save_read_sparkml_model_data"
 _SPARK_P1 = "_spark_p_default"
 
 
-# --- conversion ----------------------------------------------------------------------------------
-
-
-class _TreeFrame:
-    """The two DataFrame methods onnxmltools calls on one tree's node table."""
-
-    def __init__(self, nodes: pd.DataFrame) -> None:
-        self._nodes = nodes
-
-    def toPandas(self) -> pd.DataFrame:  # noqa: N802  (the DataFrame method name onnxmltools calls)
-        return self._nodes.copy()
-
-    def count(self) -> int:
-        return len(self._nodes)
-
-
-def _ensemble_nodes(spark: SparkSession, classifier: Any) -> dict[str, _TreeFrame] | None:
-    """Node tables of every tree of an ensemble, by tree uid, from one save of the whole model.
-
-    None when the trees' uids are not unique (the lookup would be ambiguous).
-    """
-    trees = list(classifier.trees)
-    uids = [tree.uid for tree in trees]
-    if len(set(uids)) != len(uids):
-        return None
-    with tempfile.TemporaryDirectory(prefix="onnx-trees-") as folder:
-        path = str(Path(folder) / "ensemble")
-        classifier.write().overwrite().save(path)
-        data = spark.read.parquet(f"{path}/data").toPandas()
-    frames: dict[str, _TreeFrame] = {}
-    for tree_id, group in data.groupby("treeID"):
-        nodes = pd.DataFrame(list(group["nodeData"]))
-        frames[uids[int(tree_id)]] = _TreeFrame(nodes.sort_values("id").reset_index(drop=True))
-    if len(frames) != len(trees):
-        return None
-    return frames
-
-
-@contextmanager
-def _fast_tree_reader(spark: SparkSession, classifier: Any) -> Iterator[None]:
-    """Serve onnxmltools' per-tree reads from one save of the ensemble.
-
-    onnxmltools saves and re-reads every tree through Spark (four jobs per tree, ~2 s each on two
-    cores: minutes for a 200-tree forest); one save of the ensemble holds the same node tables.
-    A tree the cache does not know falls back to onnxmltools' own reader.
-    """
-    if not hasattr(classifier, "trees"):
-        yield
-        return
-    # The converters register (and import the reader) when the sparkml converter is imported.
-    importlib.import_module(_CONVERTER_PACKAGE)
-    frames = _ensemble_nodes(spark, classifier)
-    if frames is None:
-        log.warning("onnx.tree_cache_unavailable", reason="tree uids are not unique")
-        yield
-        return
-    modules = [
-        module
-        for name, module in list(sys.modules.items())
-        if name.startswith(_CONVERTER_PACKAGE) and hasattr(module, _TREE_READER)
-    ]
-    originals = {module: getattr(module, _TREE_READER) for module in modules}
-    if not originals:
-        log.warning("onnx.tree_cache_unavailable", reason=f"no {_TREE_READER} in onnxmltools")
-        yield
-        return
-    original: Callable[..., Any] = next(iter(originals.values()))
-
-    def cached(session: SparkSession, model: Any) -> Any:
-        frame = frames.get(getattr(model, "uid", ""))
-        if frame is None or frame.count() != model.numNodes:
-            return original(session, model)
-        return frame
-
-    for module in modules:
-        setattr(module, _TREE_READER, cached)
-    try:
-        yield
-    finally:
-        for module, function in originals.items():
-            setattr(module, _TREE_READER, function)
+# --- conversion ---------------------------------------------------------------------------------
 
 
 def assembler_inputs(pipeline: PipelineModel) -> list[str]:
@@ -158,29 +79,50 @@ def double_precision(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def export_classifier(
-    spark: SparkSession, pipeline: PipelineModel, n_features: int, name: str
+def _mlp_model(
+    spark: SparkSession,
+    classifier: MultilayerPerceptronClassificationModel,
+    n_features: int,
+    name: str,
 ) -> onnx.ModelProto:
-    """The pipeline's classifier stage as ONNX: input `features` float [None, n_features]."""
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
+    model = onnxmltools.convert_sparkml(
+        classifier,
+        name,
+        [(ONNX_INPUT, FloatTensorType([None, n_features]))],
+        spark_session=spark,
+    )
+    return double_precision(model)
+
+
+def export_classifier(
+    spark: SparkSession, pipeline: PipelineModel, n_features: int, name: str
+) -> onnx.ModelProto:
+    """The pipeline's classifier stage as ONNX: input `features` double [None, n_features]."""
     classifier = pipeline.stages[-1]
-    with _fast_tree_reader(spark, classifier):
-        model = onnxmltools.convert_sparkml(
-            classifier,
-            name,
-            [(ONNX_INPUT, FloatTensorType([None, n_features]))],
-            spark_session=spark,
-        )
-    if isinstance(classifier, MultilayerPerceptronClassificationModel):
-        model = double_precision(model)
+    if isinstance(classifier, RandomForestClassificationModel):
+        model = random_forest_model(spark, classifier, n_features, name)
+    elif isinstance(classifier, GBTClassificationModel):
+        model = gbt_model(spark, classifier, n_features, name)
+    elif isinstance(classifier, LogisticRegressionModel):
+        model = logistic_regression_model(classifier, n_features, name)
+    elif isinstance(classifier, MultilayerPerceptronClassificationModel):
+        model = _mlp_model(spark, classifier, n_features, name)
+    elif is_xgboost(classifier):
+        model = xgboost_model(classifier, n_features, name)
+    else:
+        raise PermanentError(f"ONNX export of {name}: no exporter for {type(classifier).__name__}")
     outputs = [o.name for o in model.graph.output]
     if ONNX_PROBABILITY_OUTPUT not in outputs:
         raise PermanentError(
             f"ONNX export of {name}: no '{ONNX_PROBABILITY_OUTPUT}' output (outputs: {outputs})"
         )
     onnx.checker.check_model(model)
+    log.info(
+        "onnx.exported", model=name, kind=type(classifier).__name__, nodes=len(model.graph.node)
+    )
     return model
 
 

@@ -113,7 +113,7 @@ def _limits(card: ModelCardInput) -> list[str]:
             "use the decision threshold above, not 0.5."
         )
     limits.append(
-        "Serving runs the ONNX export in float32: probabilities differ from Spark's by at most "
+        "Serving runs the ONNX export: its probabilities differ from Spark's by at most "
         f"{card.onnx_max_abs_diff:.2e} on the {card.onnx_rows:,} test loans."
     )
     return limits
