@@ -83,6 +83,10 @@ class PrepResult(StageResult):
     footer_rows: int
     unresolved_rows: dict[str, int] = Field(description="loans without an outcome, by loan_status")
     rejected_rows: int
+    rejected_reasons: dict[str, int] = Field(
+        default_factory=dict,
+        description="rejected rows per reason, most frequent first; a row may have several",
+    )
     kept_rows: int
     default_share: float
     feature_columns: list[str]

@@ -10,7 +10,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN, RAW_COLUMNS
-from src.pipelines.preparation.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
+from src.pipelines.preparation.cleaning import (
+    REASON,
+    REASONS,
+    ROW_CLASS,
+    classify_rows,
+    read_raw,
+)
 from src.pipelines.preparation.features import model_table
 from src.utils.config import load_config
 from src.utils.errors import DataError
@@ -115,10 +121,42 @@ def test_labels_footers_open_loans_and_rejects(spark) -> None:
         "rejected",
     ]
     assert [r[LABEL_COLUMN] for r in out[:3]] == [1, 1, 0]
-    assert out[6][REASON] == "int_rate: cannot parse 'abc'"
-    assert out[7][REASON] == "issue_d: cannot parse 'someday'"
-    assert out[8][REASON] == "sub_grade: missing"
-    assert out[9][REASON] == "loan_status: unknown status 'Sold'"
+    assert out[6][REASON] == (
+        "int_rate: cannot parse as a percentage such as 13.49 or 13.49%: 'abc'"
+    )
+    assert out[7][REASON] == "issue_d: cannot parse as a month such as Dec-2011: 'someday'"
+    assert out[8][REASON] == "sub_grade: required"
+    assert out[9][REASON] == "loan_status: unknown status: 'Sold'"
+
+
+IMPLAUSIBLE = [
+    ({"term": "99"}, "term: must be 36 or 60 months: '99'"),
+    ({"term": "-36"}, "term: must be 36 or 60 months: '-36'"),
+    ({"int_rate": "250"}, "int_rate: must be a percentage between 0 and 100: '250'"),
+    ({"loan_amnt": "1e400"}, "loan_amnt: must be a finite number: '1e400'"),
+    ({"loan_amnt": "-1e400"}, "loan_amnt: must be a finite number: '-1e400'"),
+    ({"fico_range_low": "200"}, "fico_range_low: must be on the FICO scale, 300 to 850: '200'"),
+    ({"dti": "-1"}, "dti: must be between 0 and 999: '-1'"),
+    ({"emp_length": "15 years"}, "emp_length: must be from 0 to 10 years (10+ years): '15 years'"),
+    ({"sub_grade": "C2"}, "sub_grade: not within grade"),
+    ({"earliest_cr_line": "Jan-2012"}, "earliest_cr_line: is after the issue month"),
+]
+
+
+def test_implausible_values_are_quarantined_with_the_reason(spark) -> None:
+    out = classify(spark, [{**KAGGLE_ROW, **change} for change, _ in IMPLAUSIBLE])
+    assert [r[ROW_CLASS] for r in out] == ["rejected"] * len(IMPLAUSIBLE)
+    assert [r[REASON] for r in out] == [reason for _, reason in IMPLAUSIBLE]
+
+
+def test_every_broken_field_is_named(spark) -> None:
+    blank = {"loan_amnt": "", "term": "", "int_rate": "n/a", "grade": "", "sub_grade": " "}
+    (row,) = classify(spark, [{**KAGGLE_ROW, **blank, "loan_status": "Sold"}])
+    assert row[ROW_CLASS] == "rejected"
+    assert list(row[REASONS]) == [
+        "loan_amnt: required", "term: required", "int_rate: required", "grade: required",
+        "sub_grade: required", "loan_status: unknown status: 'Sold'",
+    ]
 
 
 def test_missing_id_gets_a_stable_hash_key(spark) -> None:

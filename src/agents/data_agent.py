@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import shutil
-from pathlib import Path
-
 from src.agents.base import Agent, Skill
 from src.contracts import Artifact, FetchRequest, FetchResult
-from src.pipelines.preparation.cleaning import read_header
+from src.pipelines.acquisition.local_file import copy_as_gzip
 from src.utils.atomic import atomic_path
-from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 
 log = get_logger(agent="DataAgent")
-
-
-def _verify_gzip(path: Path) -> None:
-    """Read a gzip to the end so a truncated or corrupt archive fails here, not in Spark."""
-    try:
-        with gzip.open(path, "rb") as handle:
-            while handle.read(1 << 20):
-                pass
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: damaged gzip archive: {exc}") from exc
-
-
-def copy_as_gzip(source: Path, target: Path) -> None:
-    """Copy a local CSV or CSV.gz to `target` (gzip), verified, atomically."""
-    if not source.is_file():
-        raise DataError(f"data.file_path: {source} does not exist")
-    read_header(source)
-    with atomic_path(target) as tmp:
-        if source.suffix == ".gz":
-            _verify_gzip(source)
-            shutil.copyfile(source, tmp)
-        else:
-            with source.open("rb") as src, gzip.open(tmp, "wb", mtime=0) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
 
 
 class DataAgent(Agent):
@@ -52,7 +23,9 @@ class DataAgent(Agent):
         log.info("fetch.source", source=request.source, reason=request.reason)
         if request.source == "file":
             source = self.cfg.path(data.file_path)
-            copy_as_gzip(source, target)
+            checked = copy_as_gzip(source, target)
+            log.info("fetch.file.checked", path=str(source), compressed=checked.compressed,
+                     columns=checked.columns)
             origin = str(data.file_path)
         elif request.source == "synthetic":
             from src.pipelines.acquisition.synthetic import write_synthetic_loans

@@ -18,7 +18,14 @@ from src.contracts import (
     SplitSide,
 )
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.preparation.cleaning import REASON, ROW_CLASS, classify_rows, read_raw
+from src.pipelines.preparation.cleaning import (
+    REASON,
+    REASONS,
+    ROW_CLASS,
+    classify_rows,
+    read_raw,
+    reason_kinds,
+)
 from src.pipelines.preparation.features import model_table
 from src.pipelines.preparation.splitting import side_summary, split_by_time, split_stratified
 from src.utils.atomic import atomic_path
@@ -28,12 +35,23 @@ from src.utils.logging import get_logger
 from src.utils.spark import get_spark
 
 log = get_logger(agent="FeatureAgent")
+# Reasons named in the log and in the error when no loan can be kept.
+TOP_REASONS = 5
 
 
 def write_parquet(df: DataFrame, target: Path) -> None:
     """Write `df` as parquet to `target`, replacing it only once the write is complete."""
     with atomic_path(target) as tmp:
         df.write.mode("overwrite").parquet(str(tmp))
+
+
+def rejected_reasons(rows: DataFrame) -> dict[str, int]:
+    """Rejected rows per reason kind, most frequent first (a row counts under each of its kinds)."""
+    kinds = rows.filter(F.col(ROW_CLASS) == "rejected").select(
+        F.explode(F.array_distinct(reason_kinds(F.col(REASONS)))).alias("kind")
+    )
+    counted = kinds.groupBy("kind").count().orderBy(F.desc("count"), "kind").collect()
+    return {r["kind"]: r["count"] for r in counted}
 
 
 class FeatureAgent(Agent):
@@ -61,15 +79,9 @@ class FeatureAgent(Agent):
                 if r[ROW_CLASS] == "unresolved":
                     unresolved[r["loan_status"]] = r["count"]
             kept_rows = by_class.get("kept", 0)
-            if kept_rows == 0:
-                raise DataError(
-                    f"{request.raw.path}: no loan could be kept (row classes: {by_class})"
-                )
             log.info("prep.classified", **by_class)
 
-            kept = rows.filter(F.col(ROW_CLASS) == "kept")
-            table = model_table(kept, prep.numeric, prep.categorical, prep.derived)
-            write_parquet(table.orderBy(KEY_COLUMN), self.cfg.path(prep.processed_path))
+            # The rejected file first: when nothing can be kept, it is what explains why.
             rejected = rows.filter(F.col(ROW_CLASS) == "rejected").select(
                 KEY_COLUMN,
                 F.col(REASON).alias("reason"),
@@ -77,13 +89,24 @@ class FeatureAgent(Agent):
                 *[c for c in rows.columns if c.startswith("raw_")],
             )
             write_parquet(rejected.orderBy(KEY_COLUMN), self.cfg.path(prep.rejected_path))
-            if by_class.get("rejected"):
-                top = rejected.groupBy("reason").count().orderBy(F.desc("count")).limit(5).collect()
+            reasons = rejected_reasons(rows)
+            if reasons:
                 log.warning(
                     "prep.rejected",
-                    rows=by_class["rejected"],
-                    top_reasons={r["reason"]: r["count"] for r in top},
+                    rows=by_class.get("rejected", 0),
+                    top_reasons=dict(list(reasons.items())[:TOP_REASONS]),
                 )
+            if kept_rows == 0:
+                top = "; ".join(f"{k} ({v} rows)" for k, v in list(reasons.items())[:TOP_REASONS])
+                raise DataError(
+                    f"{request.raw.path}: no loan could be kept (row classes: {by_class})"
+                    + (f"; top reasons: {top}; every rejected row is in {prep.rejected_path}"
+                       if top else "")
+                )
+
+            kept = rows.filter(F.col(ROW_CLASS) == "kept")
+            table = model_table(kept, prep.numeric, prep.categorical, prep.derived)
+            write_parquet(table.orderBy(KEY_COLUMN), self.cfg.path(prep.processed_path))
             written = spark.read.parquet(str(self.cfg.path(prep.processed_path)))
             filled = written.agg(
                 F.sum(LABEL_COLUMN).alias(LABEL_COLUMN),
@@ -102,6 +125,7 @@ class FeatureAgent(Agent):
             footer_rows=by_class.get("footer", 0),
             unresolved_rows=unresolved,
             rejected_rows=by_class.get("rejected", 0),
+            rejected_reasons=reasons,
             kept_rows=kept_rows,
             default_share=round(defaults / kept_rows, 6),
             feature_columns=prep.feature_columns,

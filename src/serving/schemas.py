@@ -2,7 +2,8 @@
 
 The request model is built from `params.yaml` (`prep.numeric`, `prep.categorical`, `prep.dates`), so
 the API accepts exactly the origination columns the pipeline trains on, under their LendingClub
-names and in the raw formats of the LendingClub files. Everything else is refused with a reason.
+names and in the raw formats of the LendingClub files, judged by the loan table of
+`src/core/loan.py` as prep and batch scoring judge a file. Everything else is refused with a reason.
 """
 
 from __future__ import annotations
@@ -12,38 +13,31 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     WithJsonSchema,
     create_model,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from src.core.loan import (
-    GRADES,
-    SUB_GRADE,
+    ISSUE_COLUMN,
+    LOAN_COLUMNS,
+    LoanColumn,
     ParsedApplication,
-    ParseError,
+    ValueRefusedError,
     check_text,
+    cross_problems,
     current_month,
     derive,
-    parse_category,
-    parse_emp_length,
-    parse_month,
-    parse_number,
+    judge_value,
 )
 from src.utils.config import PrepConfig
 
-# Domain facts, not tunables: the FICO scale, LendingClub's two terms, a percentage.
-FICO_RANGE = (300.0, 850.0)
-TERMS_MONTHS = (36.0, 60.0)
-PERCENT_RANGE = (0.0, 100.0)
-# Longest category text accepted: LendingClub's longest level is a few dozen characters.
-MAX_CATEGORY_CHARS = 200
 LEAKY_MESSAGE = "filled after the loan is issued; not allowed as input"
 
 # A real application, copied from the LendingClub 2007–2011 sample (FICO is empty in that file).
@@ -74,113 +68,50 @@ EXAMPLE_APPLICATION: dict[str, Any] = {
     "issue_d": "Dec-2011",
 }
 
-FIELD_DOCS: dict[str, str] = {
-    "loan_amnt": "amount applied for, USD (> 0)",
-    "term": "36 or 60 months; `36` or LendingClub's `\" 36 months\"`",
-    "int_rate": "interest rate, percent (0–100); `13.49` or `\"13.49%\"`",
-    "installment": "monthly payment, USD",
-    "annual_inc": "self-reported annual income, USD (≥ 0)",
-    "dti": "debt-to-income ratio, percent",
-    "delinq_2yrs": "30+ days delinquencies in the past 2 years",
-    "inq_last_6mths": "credit inquiries in the past 6 months",
-    "open_acc": "open credit lines",
-    "pub_rec": "derogatory public records",
-    "revol_bal": "revolving balance, USD",
-    "revol_util": "revolving line utilization, percent; `29.7` or `\"29.7%\"`",
-    "total_acc": "credit lines ever",
-    "fico_range_low": "FICO range, low end (300–850)",
-    "fico_range_high": "FICO range, high end (300–850)",
-    "emp_length": "employment length: `\"10+ years\"`, `\"< 1 year\"`, `\"3 years\"`, `\"n/a\"`",
-    "pub_rec_bankruptcies": "public record bankruptcies",
-    "mths_since_last_delinq": "months since the last delinquency (absent: never)",
-    "grade": "LendingClub grade A–G",
-    "sub_grade": "LendingClub sub-grade A1–G5, within `grade`",
-    "home_ownership": "RENT, MORTGAGE, OWN, OTHER, …",
-    "verification_status": "Verified, Source Verified, Not Verified",
-    "purpose": "loan purpose, e.g. debt_consolidation",
-    "addr_state": "two-letter US state",
-    "earliest_cr_line": "month of the first credit line, `\"Dec-1999\"`",
-    "issue_d": "month the loan is issued, `\"Dec-2011\"`; default: the current month",
-}
-# Counts and amounts that cannot be negative.
-NON_NEGATIVE = frozenset(
-    {
-        "installment", "annual_inc", "delinq_2yrs", "inq_last_6mths", "open_acc", "pub_rec",
-        "revol_bal", "revol_util", "total_acc", "pub_rec_bankruptcies", "mths_since_last_delinq",
-    }
-)
 
-
-def _parsing(parse: Callable[[object], Any]) -> Callable[[object], Any]:
-    def validate(value: object) -> Any:
-        try:
-            return parse(value)
-        except ParseError as exc:
-            raise PydanticCustomError("unparseable", str(exc)) from None
-
-    return validate
+def _refused(exc: ValueRefusedError) -> PydanticCustomError:
+    # "{reason}": the message is passed as context, so braces in the quoted raw text stay text.
+    return PydanticCustomError(exc.code, "{reason}", {"reason": exc.message})
 
 
 def parse_id(value: object) -> object:
     """An integer id (as in LendingClub files) as text; text checked to be valid Unicode."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return check_text(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:
+            return check_text(value)
+        except ValueRefusedError as exc:
+            raise _refused(exc) from None
+    return value
 
 
-def _impossible(message: str, value: object) -> PydanticCustomError:
-    return PydanticCustomError("impossible_value", message + ", got {value}", {"value": value})
+def _validator(column: LoanColumn, required: bool) -> Callable[[object], Any]:
+    """loan.judge_value of one field; a blank issue month is the current month (a new loan)."""
 
+    def validate(value: object) -> Any:
+        try:
+            parsed = judge_value(column, value, required)
+        except ValueRefusedError as exc:
+            raise _refused(exc) from None
+        if parsed is None and column.name == ISSUE_COLUMN:
+            return current_month()
+        return parsed
 
-def _check(name: str) -> Callable[[Any], Any]:
-    """The plausibility rule of field `name` (None passes: a missing value is imputed)."""
-
-    def check(value: Any) -> Any:
-        if value is None:
-            return value
-        if name == "loan_amnt" and not value > 0:
-            raise _impossible("must be positive", value)
-        if name == "term" and value not in TERMS_MONTHS:
-            raise _impossible("must be 36 or 60 months", value)
-        if name == "int_rate" and not PERCENT_RANGE[0] <= value <= PERCENT_RANGE[1]:
-            raise _impossible("must be a percentage between 0 and 100", value)
-        if name.startswith("fico_range") and not FICO_RANGE[0] <= value <= FICO_RANGE[1]:
-            raise _impossible("must be on the FICO scale, 300 to 850", value)
-        if name in NON_NEGATIVE and value < 0:
-            raise _impossible("cannot be negative", value)
-        if name == "grade" and (len(value) != 1 or value not in GRADES):
-            raise _impossible("is not a LendingClub grade (A–G)", value)
-        if name == "sub_grade" and not SUB_GRADE.match(value):
-            raise _impossible("is not a LendingClub sub-grade (A1–G5)", value)
-        if isinstance(value, str) and len(value) > MAX_CATEGORY_CHARS:
-            raise _impossible(f"is longer than {MAX_CATEGORY_CHARS} characters", value[:20] + "…")
-        return value
-
-    return check
+    return validate
 
 
 _NUMBER_SCHEMA = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
 _TEXT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+_PY_TYPES: dict[str, Any] = {"numeric": float, "categorical": str, "dates": date}
 
 
-def _field_type(name: str, kind: Literal["numeric", "categorical", "date"]) -> Any:
-    if kind == "date":
-        return Annotated[
-            date | None, BeforeValidator(_parsing(parse_month)), WithJsonSchema(_TEXT_SCHEMA)
-        ]
-    if kind == "categorical":
-        return Annotated[
-            str | None,
-            BeforeValidator(_parsing(parse_category)),
-            AfterValidator(_check(name)),
-            WithJsonSchema(_TEXT_SCHEMA),
-        ]
-    parse = parse_emp_length if name == "emp_length" else parse_number
+def _field_type(column: LoanColumn, required: bool) -> Any:
+    schema = _NUMBER_SCHEMA if column.kind in ("number", "percent", "term") else _TEXT_SCHEMA
     return Annotated[
-        float | None,
-        BeforeValidator(_parsing(parse)),
-        AfterValidator(_check(name)),
-        WithJsonSchema(_NUMBER_SCHEMA),
+        _PY_TYPES[column.group] | None,
+        BeforeValidator(_validator(column, required)),
+        WithJsonSchema(schema),
     ]
 
 
@@ -191,53 +122,46 @@ class ApplicationBase(BaseModel):
         extra="forbid", frozen=True, json_schema_extra={"examples": [EXAMPLE_APPLICATION]}
     )
 
-    id: Annotated[str | None, BeforeValidator(_parsing(parse_id))] = Field(
+    id: Annotated[str | None, BeforeValidator(parse_id)] = Field(
         default=None, description="your reference; echoed in the response", max_length=64
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> ApplicationBase:
-        values = self.__dict__  # the validated fields, without model_dump's copy
-        grade, sub_grade = values.get("grade"), values.get("sub_grade")
-        if grade and sub_grade and sub_grade[0] != grade:
-            raise PydanticCustomError(
-                "inconsistent_fields",
-                "sub_grade {sub_grade} is not within grade {grade}",
-                {"field": "sub_grade", "sub_grade": sub_grade, "grade": grade},
-            )
-        low, high = values.get("fico_range_low"), values.get("fico_range_high")
-        if low is not None and high is not None and low > high:
-            raise PydanticCustomError(
-                "inconsistent_fields",
-                "fico_range_low {low} is above fico_range_high {high}",
-                {"field": "fico_range_low", "low": low, "high": high},
-            )
-        earliest, issued = values.get("earliest_cr_line"), values.get("issue_d") or current_month()
-        if earliest is not None and earliest > issued:
-            raise PydanticCustomError(
-                "inconsistent_fields",
-                "earliest_cr_line {earliest} is after the issue month {issued}",
-                {"field": "earliest_cr_line", "earliest": str(earliest), "issued": str(issued)},
+        # Runs only when every field is valid, as loan.judge checks the cross-field rules.
+        problems = cross_problems(self.__dict__)  # the validated fields, without a copy
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "inconsistent_fields", "{reason}", {"field": name, "reason": message}
+                        ),
+                        loc=(name,),
+                        input=self.__dict__.get(name),
+                    )
+                    for name, message in problems
+                ],
             )
         return self
 
 
 def application_model(prep: PrepConfig) -> type[ApplicationBase]:
-    """The request model of one application: the allowlisted origination fields of `prep`."""
-    kinds: dict[str, Literal["numeric", "categorical", "date"]] = {
-        **{n: "numeric" for n in prep.numeric},
-        **{n: "categorical" for n in prep.categorical},
-        **{n: "date" for n in [*prep.dates, "issue_d"]},
-    }
-    # issue_d is required in the files but defaults to today for a new application.
-    required = set(prep.required) - {"issue_d"}
-    fields: dict[str, Any] = {
-        name: (
-            _field_type(name, kind),
-            Field(... if name in required else None, description=FIELD_DOCS.get(name, name)),
+    """The request model of one application: the allowlisted origination fields of `prep`.
+
+    Every field is judged by the loan table of `src/core/loan.py`, as prep and batch scoring
+    judge a row of a file. issue_d, required in a file, defaults to the current month here.
+    """
+    required = set(prep.required) - {ISSUE_COLUMN}
+    fields: dict[str, Any] = {}
+    for name in prep.application_columns:
+        column = LOAN_COLUMNS[name]
+        default: Any = ... if name in required else None
+        fields[name] = (
+            _field_type(column, name in required),
+            Field(default, description=column.doc, validate_default=name == ISSUE_COLUMN),
         )
-        for name, kind in kinds.items()
-    }
     return create_model(  # type: ignore[call-overload, no-any-return]
         "LoanApplication",
         __base__=ApplicationBase,
@@ -249,7 +173,6 @@ def application_model(prep: PrepConfig) -> type[ApplicationBase]:
 def to_parsed(application: ApplicationBase, derived: list[str]) -> ParsedApplication:
     """Parsed values plus the derived features, ready for the feature spec and segmentation."""
     values: dict[str, object] = application.model_dump(exclude={"id"})
-    values["issue_d"] = values.get("issue_d") or current_month()
     values.update(derive(values, derived))
     return ParsedApplication(id=application.id, values=values)
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from src.core.loan import DERIVED, ISSUE_COLUMN, LOAN_COLUMNS, application_columns, required_columns
 from src.core.raw_schema import RAW_COLUMNS, is_leaky
 from src.core.scorecard import ScorecardScaling
 from src.utils.errors import ConfigError
@@ -16,13 +17,10 @@ from src.utils.errors import ConfigError
 PARAMS_ENV = "CREDIT_RISK_PARAMS"
 DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
-# Inputs of each derived feature: a derived feature is allowed only when its inputs are allowlisted.
+# Inputs of each derived feature: a derived feature is allowed only when its inputs are allowlisted
+# (the issue month is always read).
 DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
-    "credit_history_months": ("earliest_cr_line",),
-    "fico_mid": ("fico_range_low", "fico_range_high"),
-    "income_to_loan": ("annual_inc", "loan_amnt"),
-    "installment_to_income": ("installment", "annual_inc"),
-    "sub_grade_ordinal": ("sub_grade",),
+    name: tuple(c for c in d.inputs if c != ISSUE_COLUMN) for name, d in DERIVED.items()
 }
 
 
@@ -58,12 +56,16 @@ class PrepConfig(Section):
     numeric: list[str]
     categorical: list[str]
     dates: list[str]
-    required: list[str]
     derived: list[str]
 
     @model_validator(mode="after")
     def _origination_only(self) -> PrepConfig:
         allowed = [*self.numeric, *self.categorical, *self.dates]
+        groups = {
+            **{n: "numeric" for n in self.numeric},
+            **{n: "categorical" for n in self.categorical},
+            **{n: "dates" for n in self.dates},
+        }
         for name in allowed:
             if name not in RAW_COLUMNS:
                 raise ValueError(f"prep: '{name}' is not a LendingClub raw column")
@@ -72,12 +74,19 @@ class PrepConfig(Section):
                     f"prep: '{name}' is filled after the loan is issued and leaks the label; "
                     "only origination columns may be features"
                 )
+            if name not in LOAN_COLUMNS:
+                raise ValueError(
+                    f"prep: '{name}' has no entry in the loan table (src/core/loan.py) that says "
+                    "how it parses and what values are plausible"
+                )
+            if LOAN_COLUMNS[name].group != groups[name]:
+                raise ValueError(
+                    f"prep: '{name}' is a {LOAN_COLUMNS[name].kind} column: list it under "
+                    f"prep.{LOAN_COLUMNS[name].group}, not prep.{groups[name]}"
+                )
         duplicates = {n for n in allowed if allowed.count(n) > 1}
         if duplicates:
             raise ValueError(f"prep: columns listed twice: {sorted(duplicates)}")
-        for name in self.required:
-            if name not in [*allowed, "issue_d"]:
-                raise ValueError(f"prep.required: '{name}' is not in the allowlist")
         for name in self.derived:
             if name not in DERIVED_INPUTS:
                 raise ValueError(f"prep.derived: unknown derived feature '{name}'")
@@ -85,6 +94,16 @@ class PrepConfig(Section):
             if missing:
                 raise ValueError(f"prep.derived: '{name}' needs {missing} in the allowlist")
         return self
+
+    @property
+    def application_columns(self) -> list[str]:
+        """The columns a loan is parsed and judged on: the allowlist and the issue month."""
+        return application_columns(self.numeric, self.categorical, self.dates)
+
+    @property
+    def required(self) -> list[str]:
+        """Columns a kept loan must have: those the loan table marks required (issue_d always)."""
+        return required_columns(self.application_columns)
 
     @property
     def feature_columns(self) -> list[str]:

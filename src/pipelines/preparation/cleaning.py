@@ -1,6 +1,8 @@
 """Raw LendingClub CSV → typed loans: both raw formats, footers and open loans out, label derived.
 
-Every row ends in exactly one class: footer, unresolved, rejected (with a reason) or kept.
+Every row ends in exactly one class: footer, unresolved, rejected (with its reasons) or kept. The
+parsers and plausibility rules are generated from the loan table of `src/core/loan.py`, so a row
+is refused here exactly when `loan.judge` (and so the API) refuses it, with the same reason text.
 """
 
 from __future__ import annotations
@@ -8,13 +10,34 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Callable
+import math
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from src.core.loan import (
+    BLANK,
+    CROSS_RULES,
+    EXPECTED,
+    LOAN_COLUMNS,
+    MONTH_NAMES,
+    PATTERNS,
+    REQUIRED_MESSAGE,
+    SHOWN_CHARS,
+    VALUE_MARK,
+    Between,
+    CrossRule,
+    Finite,
+    LoanColumn,
+    Matches,
+    MaxChars,
+    OneOf,
+    Rule,
+    SameLetter,
+    application_columns,
+)
 from src.core.raw_schema import (
     DEFAULT_STATUSES,
     KEY_COLUMN,
@@ -27,9 +50,8 @@ from src.utils.errors import DataError
 
 ROW_CLASS = "_row_class"
 REASON = "_reason"
-# "13.49", "13.49%", " 36 months", "1e3": a number with an optional unit the raw exports append.
-_NUMBER = r"^(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*(?:%|months?)?$"
-_SUB_GRADE = r"^[A-G][1-5]$"
+REASONS = "_reasons"
+REASON_SEPARATOR = "; "
 # Columns prep needs whatever the allowlist says: the key, the label and the issue date.
 REQUIRED_RAW = ("id", "loan_amnt", "issue_d", "loan_status")
 
@@ -38,9 +60,9 @@ def read_header(path: Path) -> list[str]:
     """Column names of a raw CSV or CSV.gz, read without Spark."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as handle:  # type: ignore[operator]
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:  # type: ignore[operator]
             header = next(csv.reader(io.StringIO(handle.readline())), [])
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read the CSV header: {exc}") from exc
     if not header:
         raise DataError(f"{path}: empty file, no CSV header")
@@ -67,41 +89,83 @@ def read_raw(spark: SparkSession, path: Path, multiline: bool) -> DataFrame:
     return df
 
 
+def anchored(pattern: str) -> str:
+    """A table pattern matched against the whole text, as Python's re.fullmatch does.
+
+    `\\z` is the absolute end; Java's `$` would also match before a final line terminator.
+    """
+    return f"^(?:{pattern})\\z"
+
+
 def _blank_to_null(col: Column) -> Column:
-    # LendingClub writes "n/a" where a value is unknown (emp_length, mostly).
+    # As loan.blank_to_null: Spark's trim strips spaces only.
     trimmed = F.trim(col)
-    return F.when((trimmed == "") | (F.lower(trimmed) == "n/a"), None).otherwise(trimmed)
+    return F.when((trimmed == "") | trimmed.rlike(anchored(BLANK)), None).otherwise(trimmed)
 
 
-def parse_number(col: Column) -> Column:
-    """`13.49`, `"13.49%"`, `" 36 months"` → 13.49 / 36.0; null when empty or malformed."""
-    digits = F.regexp_extract(_blank_to_null(col), _NUMBER, 1)
-    return F.when(digits == "", None).otherwise(digits.try_cast("double"))
+def _parse(kind: str, text: Column) -> Column:
+    """Trimmed non-blank text → the value of a column of `kind` (loan._parse_text); null if not."""
+    if kind == "category":
+        return text
+    pattern = anchored(PATTERNS[kind])
+    group = lambda i: F.regexp_extract(text, pattern, i)  # noqa: E731
+    matched = text.rlike(pattern)
+    if kind == "emp_length":
+        return F.when(matched & (group(1) == "<"), F.lit(0.0)).when(
+            matched, group(2).try_cast("double")
+        )
+    if kind == "month":
+        name = F.lower(group(1))
+        month = F.lit(None).cast("int")
+        for number, month_name in reversed(list(enumerate(MONTH_NAMES, start=1))):
+            month = F.when(name == month_name, F.lit(number)).otherwise(month)
+        year = group(2).try_cast("int")
+        return F.when(
+            matched & month.isNotNull() & (year >= 1), F.make_date(year, month, F.lit(1))
+        )
+    return F.when(matched, group(1).try_cast("double"))
 
 
-def parse_emp_length(col: Column) -> Column:
-    """`"10+ years"` → 10, `"< 1 year"` → 0, `"3 years"` → 3, `"n/a"`/empty → null."""
-    value = F.lower(_blank_to_null(col))
-    years = F.regexp_extract(value, r"^(\d+)\+?\s*years?$", 1)
-    return (
-        F.when(value.rlike(r"^<\s*1\s*years?$"), F.lit(0.0))
-        .when(years != "", years.try_cast("double"))
-        .otherwise(None)
+def _breaks(rule: Rule, value: Column) -> Column:
+    """True where a parsed, non-null `value` breaks `rule` (loan._holds, negated)."""
+    if isinstance(rule, Finite):
+        return F.isnan(value) | (F.abs(value) == F.lit(math.inf))
+    if isinstance(rule, Between):
+        low = value > rule.low if rule.low_open else value >= rule.low
+        holds = (low if math.isfinite(rule.low) else F.lit(True)) & (
+            value <= rule.high if math.isfinite(rule.high) else F.lit(True)
+        )
+        return ~holds
+    if isinstance(rule, OneOf):
+        return ~value.isin(*rule.values)
+    if isinstance(rule, Matches):
+        return ~value.rlike(anchored(rule.pattern))
+    if isinstance(rule, MaxChars):
+        return F.length(value) > rule.limit
+    return (value < F.lit(rule.first)) | (value > F.lit(rule.last))
+
+
+def _with_value(message: str, text: Column) -> Column:
+    shown = F.substring(text, 1, SHOWN_CHARS)
+    return F.concat(F.lit(message + VALUE_MARK), shown, F.lit("'"))
+
+
+def _field_reason(column: LoanColumn, required: bool, text: Column, value: Column) -> Column:
+    """At most one reason for one field, as loan.judge_value gives it."""
+    name = column.name
+    reason = F.when(text.isNull(), F.lit(f"{name}: {REQUIRED_MESSAGE}" if required else None))
+    reason = reason.when(
+        value.isNull(), _with_value(f"{name}: cannot parse as {EXPECTED[column.kind]}", text)
     )
+    for rule in column.checks():
+        reason = reason.when(_breaks(rule, value), _with_value(f"{name}: {rule.message}", text))
+    return reason
 
 
-def parse_month(col: Column) -> Column:
-    """`"Dec-2011"` → 2011-12-01; null when empty or malformed."""
-    value = _blank_to_null(col)
-    return F.try_to_timestamp(F.concat(F.lit("01-"), value), F.lit("dd-MMM-yyyy")).cast("date")
-
-
-def _parse_error(name: str, raw: Column, parsed: Column) -> Column:
-    """A reason string when `raw` has text that did not parse."""
-    return F.when(
-        _blank_to_null(raw).isNotNull() & parsed.isNull(),
-        F.concat(F.lit(f"{name}: cannot parse '"), F.substring(F.trim(raw), 1, 40), F.lit("'")),
-    )
+def _cross_reason(rule: CrossRule) -> Column:
+    a, b = F.col(rule.field), F.col(rule.other)
+    broken = F.substring(a, 1, 1) != b if isinstance(rule, SameLetter) else a > b
+    return F.when(a.isNotNull() & b.isNotNull() & broken, F.lit(f"{rule.field}: {rule.message}"))
 
 
 def row_key(df: DataFrame) -> Column:
@@ -123,43 +187,51 @@ def classify_rows(
     dates: list[str],
     required: list[str],
 ) -> DataFrame:
-    """Parse allowlisted columns; tag each row footer, unresolved, rejected (reason) or kept."""
-    parsers: dict[str, Callable[[Column], Column]] = {
-        **{n: parse_emp_length if n == "emp_length" else parse_number for n in numeric},
-        **{n: _blank_to_null for n in categorical},
-        **{n: parse_month for n in ["issue_d", *dates]},
-    }
-    parsers.setdefault("loan_amnt", parse_number)
+    """Parse and judge allowlisted columns; tag each row footer, unresolved, rejected or kept.
+
+    `REASONS` holds every reason a row is refused (loan.judge's, then an unknown loan_status),
+    `REASON` the same joined by "; " for rejected rows.
+    """
+    columns = [LOAN_COLUMNS[name] for name in application_columns(numeric, categorical, dates)]
     status = _blank_to_null(F.col("loan_status"))
     label = F.when(status.isin(*DEFAULT_STATUSES), 1).when(status.isin(*PAID_STATUSES), 0)
     # Parse once into columns, then judge: the checks below refer to the parsed columns by name,
     # which keeps Spark from inlining (and compiling) every parser several times.
-    parsed = raw.select(
+    texts = raw.select(
         row_key(raw).alias(KEY_COLUMN),
         _blank_to_null(F.col("id")).alias("_id"),
         status.alias("loan_status"),
         label.cast("int").alias(LABEL_COLUMN),
-        *[parse(F.col(name)).alias(name) for name, parse in parsers.items()],
-        *[F.col(name).alias(f"raw_{name}") for name in parsers],
+        *[_blank_to_null(F.col(c.name)).alias(f"_text_{c.name}") for c in columns],
+        *[F.col(c.name).alias(f"raw_{c.name}") for c in columns],
     )
-    errors = [_parse_error(name, F.col(f"raw_{name}"), F.col(name)) for name in parsers]
-    errors += [F.when(F.col(name).isNull(), F.lit(f"{name}: missing")) for name in required]
-    errors.append(
-        F.when(
-            F.col(LABEL_COLUMN).isNull(),
-            F.concat(
-                F.lit("loan_status: unknown status '"),
-                F.coalesce(F.col("loan_status"), F.lit("")),
-                F.lit("'"),
-            ),
+    parsed = texts.select(
+        "*", *[_parse(c.kind, F.col(f"_text_{c.name}")).alias(c.name) for c in columns]
+    )
+    field_reasons = F.array_compact(
+        F.array(
+            *[
+                _field_reason(c, c.name in required, F.col(f"_text_{c.name}"), F.col(c.name))
+                for c in columns
+            ]
         )
     )
-    errors.append(F.when(F.col("loan_amnt") <= 0, F.lit("loan_amnt: not positive")))
-    if "annual_inc" in parsers:
-        errors.append(F.when(F.col("annual_inc") < 0, F.lit("annual_inc: negative")))
-    if "sub_grade" in parsers:
-        errors.append(F.when(~F.col("sub_grade").rlike(_SUB_GRADE), F.lit("sub_grade: not A1..G5")))
-    judged = parsed.withColumn(REASON, F.coalesce(*errors))
+    names = {c.name for c in columns}
+    cross = [_cross_reason(r) for r in CROSS_RULES if {r.field, r.other} <= names]
+    loan_reasons = F.when(
+        F.size(field_reasons) > 0, field_reasons
+    ).otherwise(F.array_compact(F.array(*cross, F.lit(None).cast("string"))))
+    status_reason = F.when(
+        F.col(LABEL_COLUMN).isNull(),
+        F.concat(
+            F.lit("loan_status: unknown status" + VALUE_MARK),
+            F.substring(F.coalesce(F.col("loan_status"), F.lit("")), 1, SHOWN_CHARS),
+            F.lit("'"),
+        ),
+    )
+    judged = parsed.withColumn(
+        REASONS, F.concat(loan_reasons, F.array_compact(F.array(status_reason)))
+    ).drop(*[f"_text_{c.name}" for c in columns])
 
     # Footers carry text in `id` and nothing in the loan fields.
     loan_id = F.col("_id")
@@ -167,10 +239,18 @@ def classify_rows(
     row_class = (
         F.when(is_footer, F.lit("footer"))
         .when(F.col("loan_status").isin(*UNRESOLVED_STATUSES), F.lit("unresolved"))
-        .when(F.col(REASON).isNotNull(), F.lit("rejected"))
+        .when(F.size(REASONS) > 0, F.lit("rejected"))
         .otherwise(F.lit("kept"))
     )
     judged = judged.withColumn(ROW_CLASS, row_class)
-    return judged.withColumn(REASON, F.when(F.col(ROW_CLASS) == "rejected", F.col(REASON))).drop(
-        "_id"
+    rejected = F.col(ROW_CLASS) == "rejected"
+    return judged.select(
+        *[c for c in judged.columns if c not in (REASONS, "_id")],
+        F.when(rejected, F.col(REASONS)).alias(REASONS),
+        F.when(rejected, F.array_join(F.col(REASONS), REASON_SEPARATOR)).alias(REASON),
     )
+
+
+def reason_kinds(reasons: Column) -> Column:
+    """The kinds (loan.reason_kind) of an array of reasons."""
+    return F.transform(reasons, lambda r: F.substring_index(r, VALUE_MARK, 1))

@@ -8,7 +8,6 @@ bundle's segmentation parameters (numpy, as in serving). One output row per loan
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from src.contracts import ScoreResult
 from src.core.bundle import Bundle, is_model_uri, read_bundle
+from src.core.loan import ISSUE_COLUMN, current_month, month_text, reason_kind
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
@@ -41,9 +41,6 @@ _ROW = "_row"
 _RAW_ID = "_raw_id"
 _RAW_STATUS = "_raw_status"
 _P1 = "_p_default"
-# A reason's quoted raw value ("int_rate: cannot parse 'abc'") varies per row; counts group
-# reasons without it.
-_QUOTED_VALUE = re.compile(r"\s*'.*'\s*$")
 
 
 # --- the registry's champion comparison ---------------------------------------------------------
@@ -55,10 +52,6 @@ _QUOTED_VALUE = re.compile(r"\s*'.*'\s*$")
 def default_model_uri(cfg: Config) -> str:
     """`models:/<register.model_name>@champion`."""
     return f"models:/{cfg.registry.model_name}@champion"
-
-
-def _reason_kind(reason: str) -> str:
-    return _QUOTED_VALUE.sub("", reason)
 
 
 def _open_bundle(cfg: Config, model_uri: str, scratch: Path) -> Bundle:
@@ -82,8 +75,16 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     blank_id = F.trim(F.coalesce(F.col("id"), F.lit(""))) == ""
     blank_status = F.trim(F.coalesce(F.col("loan_status"), F.lit(""))) == ""
     is_footer = ~blank_id & ~F.trim(F.col("id")).rlike(r"^\d+$") & blank_status
-    judged_input = raw.withColumn(
-        "loan_status", F.when(is_footer, F.col("loan_status")).otherwise(F.lit(OUTCOME_PLACEHOLDER))
+    # A loan without an issue month is a new application: issued this month, as the API assumes.
+    blank_issue = F.trim(F.coalesce(F.col(ISSUE_COLUMN), F.lit(""))) == ""
+    judged_input = raw.withColumns(
+        {
+            "loan_status": F.when(is_footer, F.col("loan_status")).otherwise(
+                F.lit(OUTCOME_PLACEHOLDER)
+            ),
+            ISSUE_COLUMN: F.when(blank_issue & ~is_footer, F.lit(month_text(current_month())))
+            .otherwise(F.col(ISSUE_COLUMN)),
+        }
     )
     # Both frames are narrow projections of the same read, so the id Spark gives each row
     # (partition, position) is the same in both: it is the join key and the input order.
@@ -142,7 +143,7 @@ def score_file(
     from pyspark.sql import functions as F
 
     from src.pipelines.evaluation.spark_metrics import positive_probability
-    from src.pipelines.preparation.cleaning import REASON, ROW_CLASS
+    from src.pipelines.preparation.cleaning import REASON, REASONS, ROW_CLASS
     from src.pipelines.training.classifiers import PROBABILITY_COLUMN
 
     started = time.perf_counter()
@@ -159,7 +160,9 @@ def score_file(
         pipeline = PipelineModel.load(str(bundle.spark_model_path))
         rows = _parsed_rows(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            meta = rows.select(_ROW, ROW_CLASS, REASON, "loan_key", _RAW_ID, _RAW_STATUS).toPandas()
+            meta = rows.select(
+                _ROW, ROW_CLASS, REASON, REASONS, "loan_key", _RAW_ID, _RAW_STATUS
+            ).toPandas()
             kept = rows.filter(F.col(ROW_CLASS) == "kept")
             features = _features_frame(kept, cfg, bundle)
             scored = pipeline.transform(features).select(
@@ -209,7 +212,9 @@ def score_file(
     _write_csv(output, output_path)
     _write_csv(unscored, unscored_path)
 
-    reasons = unscored["reason"].map(_reason_kind).value_counts().to_dict()
+    # A row with several reasons counts under each of their kinds, as prep's report does.
+    kinds = rejected[REASONS].map(lambda rs: sorted({reason_kind(r) for r in rs})).explode()
+    reasons = kinds.value_counts().to_dict()
     status = loans[_RAW_STATUS].fillna("").astype(str).str.strip()
     from src.core.raw_schema import UNRESOLVED_STATUSES
 
