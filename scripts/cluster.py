@@ -4,6 +4,10 @@
     python -m scripts.cluster down    stops them (pid files), workers first
     python -m scripts.cluster status  the master's view: alive workers, cores, running apps
 
+In a container, one daemon in the foreground (docker/docker-compose.yml):
+    python -m scripts.cluster master --host spark-master
+    python -m scripts.cluster worker spark://spark-master:7077
+
 Settings come from `spark.cluster` in params.yaml; flags override them (the tests use free ports).
 Logs and pid files go to `spark.cluster.dir` (default `.cluster/`, git-ignored).
 """
@@ -15,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -169,9 +174,32 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def foreground(
+    role: str, host: str | None, url: str | None, cluster: ClusterConfig, folder: Path
+) -> None:
+    """Replace this process with one daemon (a container's main process), reachable at `host`."""
+    host = host or socket.gethostbyname(socket.gethostname())
+    env = _daemon_env(cluster.model_copy(update={"host": host}))
+    # Bind where others can reach this container, not the loopback of the image's default.
+    env["SPARK_LOCAL_IP"] = socket.gethostbyname(host)
+    if role == "master":
+        args = [MASTER_CLASS, "--host", host, "--port", str(cluster.master_port),
+                "--webui-port", str(cluster.master_webui_port)]
+    else:
+        if not url:
+            raise SystemExit("cluster worker: give the master URL, e.g. spark://spark-master:7077")
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [WORKER_CLASS, url, "--host", host, "--cores", str(cluster.worker_cores),
+                "--memory", cluster.worker_memory, "--work-dir", str(folder / "work")]
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    os.execve(spark_class, [spark_class, *args], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "master", "worker"])
+    parser.add_argument("master_url", nargs="?", default=None, help="worker: the master's URL")
+    parser.add_argument("--host", default=None, help="master/worker: the address to advertise")
     parser.add_argument("--params", type=Path, default=None)
     parser.add_argument("--dir", type=Path, default=None, help="default spark.cluster.dir")
     parser.add_argument("--master-port", type=int, default=None)
@@ -188,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         update={k: v for k, v in overrides.items() if v is not None}
     )
     folder = (args.dir or cfg.path(cluster.dir)).resolve()
+    if args.command in ("master", "worker"):
+        foreground(args.command, args.host, args.master_url, cluster, folder)
     if args.command == "up":
         up(cluster, folder)
     elif args.command == "down":

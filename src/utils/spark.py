@@ -15,6 +15,9 @@ from src.utils.logging import get_logger
 log = get_logger(component="spark")
 
 MASTER_ENV = "SPARK_MASTER"
+# A container knows its own reachable name only at run time: these win over params.yaml too.
+DRIVER_HOST_ENV = "SPARK_DRIVER_HOST"
+DRIVER_BIND_ENV = "SPARK_DRIVER_BIND_ADDRESS"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -37,8 +40,10 @@ def spark_uri(path: Path | str) -> str:
 
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the process's SparkSession, creating it from `cfg` on first use."""
+    driver_host = os.environ.get(DRIVER_HOST_ENV) or cfg.driver_host
+    bind_address = os.environ.get(DRIVER_BIND_ENV) or cfg.driver_bind_address
     # Loopback by default: the hostname may not resolve, and nothing here should listen outside.
-    os.environ.setdefault("SPARK_LOCAL_IP", cfg.driver_bind_address)
+    os.environ.setdefault("SPARK_LOCAL_IP", bind_address)
     # Executors run Python with the driver's interpreter, so they import the same packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     master = spark_master(cfg)
@@ -50,8 +55,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.host", cfg.driver_host)
-        .config("spark.driver.bindAddress", cfg.driver_bind_address)
+        .config("spark.driver.host", driver_host)
+        .config("spark.driver.bindAddress", bind_address)
     )
     if not master.startswith("local"):
         builder = builder.config("spark.executor.memory", cfg.executor_memory)
