@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,17 @@ def test_an_archive_cut_short_is_a_clear_error_with_nothing_left(tmp_path: Path)
         stage_parts(path, CHUNK)
     cache = path.with_name(f".{path.name}.parts")
     assert list(cache.iterdir()) == []
+
+
+def test_a_read_only_folder_stages_its_parts_under_tmpdir(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "loans.csv.gz"
+    _write_loans(path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    # Root may write anywhere: ask the question a normal user's read-only folder answers.
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder)
+    parts = stage_parts(path, CHUNK)
+    assert parts.is_relative_to(tmp_path / "tmp") and list(parts.glob("part-*.csv"))
+    assert [p.name for p in folder.iterdir()] == ["loans.csv.gz"]

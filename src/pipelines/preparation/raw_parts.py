@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -58,15 +61,23 @@ def _record_aligned_parts(source: IO[bytes], folder: Path, chunk_bytes: int) -> 
     return parts
 
 
+def _cache_folder(path: Path) -> Path:
+    """Beside the raw file; under the temporary folder when that folder is read-only."""
+    if os.access(path.parent, os.W_OK):
+        return path.with_name(f".{path.name}{_PARTS_SUFFIX}")
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "credit-risk-parts" / f"{path.name}-{digest}"
+
+
 def stage_parts(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Path:
     """Stream a raw CSV(.gz) once into record-aligned plain CSV parts; returns their folder.
 
     A gzip file is one unsplittable partition and a multi-line CSV cannot be split by bytes:
-    parts can, one task each. Kept beside the raw file, keyed by its size and mtime, so a rerun
-    of prep on the same file reuses them; parts of an older file are removed.
+    parts can, one task each. Kept beside the raw file (under TMPDIR when its folder is read-only),
+    keyed by its size and mtime, so a rerun on the same file reuses them; older parts are removed.
     """
     stat = path.stat()
-    cache = path.with_name(f".{path.name}{_PARTS_SUFFIX}")
+    cache = _cache_folder(path)
     target = cache / f"{stat.st_size}-{stat.st_mtime_ns}-{chunk_bytes}"
     if target.is_dir():
         return target
