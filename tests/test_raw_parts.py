@@ -61,7 +61,8 @@ def test_read_raw_parses_every_part_in_parallel(spark, tmp_path: Path) -> None:
     path = tmp_path / "loans.csv.gz"
     expected = _write_loans(path)
     df = read_raw(spark, path, multiline=True, chunk_bytes=CHUNK)
-    assert df.rdd.getNumPartitions() > 5
+    # A gzip file is one task; parts are many (Spark packs small ones up to its parallelism).
+    assert df.rdd.getNumPartitions() >= min(6, spark.sparkContext.defaultParallelism) > 1
     got = {r["id"]: r["desc"] for r in df.select("id", "desc").collect()}
     assert got == {r["id"]: (r["desc"] or None) for r in expected}
 
