@@ -9,7 +9,8 @@ export DVC_NO_ANALYTICS ?= 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup pipeline stage test lint bench serve bench-serve clean help
+.PHONY: setup pipeline stage test lint bench serve bench-serve clean help cluster-up cluster-down \
+	cluster-status bench-scale
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +42,19 @@ serve: $(STAMP)  ## run the REST API on serving.host:serving.port (default 127.0
 
 bench-serve: $(STAMP)  ## /predict latency, ONNX vs Spark backend (ARGS="--duration 5")
 	$(BIN)/python -m scripts.bench_serve $(ARGS)
+
+cluster-up: $(STAMP)  ## start a Spark standalone master + workers here (spark.cluster in params.yaml)
+	$(BIN)/python -m scripts.cluster up
+
+cluster-down: $(STAMP)  ## stop the standalone cluster of cluster-up
+	$(BIN)/python -m scripts.cluster down
+
+cluster-status: $(STAMP)  ## the master's view: workers, cores, running applications
+	$(BIN)/python -m scripts.cluster status
+
+SIZES ?= 100000 500000 2900000
+bench-scale: $(STAMP)  ## stage time and peak memory vs rows: make bench-scale SIZES="100000 500000"
+	$(BIN)/python -m scripts.bench_scale --sizes $(SIZES) $(ARGS)
 
 clean:  ## remove pipeline outputs (data, models, reports, logs, mlruns); keeps .venv
 	rm -rf data/raw data/processed data/split models mlruns logs reports/*.json reports/plots

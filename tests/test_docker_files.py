@@ -68,7 +68,7 @@ def _module_exists(command: list[str]) -> bool:
 def test_compose_has_the_three_services_wired_together() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"mlflow", "pipeline", "api"}
+    assert set(services) == {"mlflow", "pipeline", "api", "spark-master", "spark-worker"}
     assert "8000:8000" in services["api"]["ports"]
     assert "5000:5000" in services["mlflow"]["ports"]
     for name in ("api", "pipeline"):
@@ -78,6 +78,30 @@ def test_compose_has_the_three_services_wired_together() -> None:
     assert services["pipeline"]["restart"] == "no"  # one shot
     assert services["pipeline"]["command"][-3:] == ["src.supervisor", "run", "all"]
     assert "healthcheck" in services["mlflow"]
+
+
+def test_the_pipeline_runs_on_the_spark_services() -> None:
+    services = _compose()["services"]
+    master, worker, pipeline = (services[n] for n in ("spark-master", "spark-worker", "pipeline"))
+    for daemon in (master, worker):
+        assert daemon["build"]["target"] == "pipeline"  # Java + pyspark
+        assert daemon["command"][:3] == ["python", "-m", "scripts.cluster"]
+    assert master["command"][3:] == ["master", "--host", master["hostname"]]
+    url = f"spark://{master['hostname']}:7077"
+    assert worker["command"][3:] == ["worker", url]
+    env = pipeline["environment"]
+    assert env["SPARK_MASTER"] == url
+    # Executors connect back to the driver by the pipeline container's name.
+    assert env["SPARK_DRIVER_HOST"] == pipeline["hostname"]
+    assert env["SPARK_DRIVER_BIND_ADDRESS"] == "0.0.0.0"
+    assert pipeline["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    assert "spark-worker" in pipeline["depends_on"]
+    # Executors read and write the driver's files: same volumes at the same paths.
+    shared = {m for m in pipeline["volumes"] if not m.startswith("pipeline-reports")}
+    assert shared <= set(worker["volumes"])
+    assert env["TMPDIR"] == worker["environment"]["TMPDIR"]
+    assert any(m.endswith(":" + env["TMPDIR"]) for m in shared)
+    assert env["MLFLOW_DFS_TMP"].startswith(env["TMPDIR"] + "/")
 
 
 def test_volumes_are_declared_and_persist_the_registry() -> None:

@@ -68,7 +68,12 @@ class FeatureAgent(Agent):
     def prep(self, request: PrepRequest) -> PrepResult:
         prep = self.cfg.prep
         spark = get_spark(self.cfg.spark)
-        raw = read_raw(spark, self.cfg.path(request.raw.path), prep.multiline_csv)
+        raw = read_raw(
+            spark,
+            self.cfg.path(request.raw.path),
+            prep.multiline_csv,
+            chunk_bytes=self.cfg.spark.input_chunk_mb * 2**20,
+        )
         rows = classify_rows(raw, prep.numeric, prep.categorical, prep.dates, prep.required)
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         try:

@@ -118,12 +118,34 @@ class SplitConfig(Section):
     test_path: Path
 
 
+class ClusterConfig(Section):
+    """The standalone cluster `make cluster-up` starts on this machine (scripts/cluster.py)."""
+
+    host: str = "127.0.0.1"
+    master_port: int = Field(default=7077, ge=1, le=65535)
+    master_webui_port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1)
+    worker_cores: int = Field(default=1, ge=1)
+    worker_memory: str = "1500m"
+    daemon_memory: str = "256m"
+    dir: Path = Path(".cluster")
+
+
 class SparkConfig(Section):
     master: str
     app_name: str
     driver_memory: str
     shuffle_partitions: int = Field(gt=0)
     log_level: str
+    # Where executors reach the driver: 127.0.0.1 only works when every executor is on this host.
+    driver_host: str = "127.0.0.1"
+    driver_bind_address: str = "127.0.0.1"
+    executor_memory: str = "1g"
+    # Raw CSV.gz is streamed once into record-aligned plain CSV parts of about this size.
+    input_chunk_mb: int = Field(default=16, gt=0)
+    # Any other Spark setting, passed as is (e.g. spark.hadoop.fs.s3a.* for an object store).
+    conf: dict[str, str] = Field(default_factory=dict)
+    cluster: ClusterConfig = ClusterConfig()
 
 
 class RetryConfig(Section):

@@ -46,7 +46,9 @@ from src.core.raw_schema import (
     RAW_COLUMNS,
     UNRESOLVED_STATUSES,
 )
+from src.pipelines.preparation.raw_parts import DEFAULT_CHUNK_BYTES, stage_parts
 from src.utils.errors import DataError
+from src.utils.spark import spark_uri
 
 ROW_CLASS = "_row_class"
 REASON = "_reason"
@@ -72,15 +74,24 @@ def read_header(path: Path) -> list[str]:
     return [h.strip() for h in header]
 
 
-def read_raw(spark: SparkSession, path: Path, multiline: bool) -> DataFrame:
+def read_raw(
+    spark: SparkSession, path: Path, multiline: bool, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> DataFrame:
     """Read a raw CSV with an explicit all-string schema taken from its own header.
 
     Strings first, typed parsing after: the two raw exports write the same field differently.
+    A CSV.gz, or any CSV with multi-line fields, is first streamed into parts read in parallel.
     """
     header = read_header(path)
     schema = StructType([StructField(name, StringType(), True) for name in header])
+    source = stage_parts(path, chunk_bytes) if multiline or path.suffix == ".gz" else path
     df = spark.read.csv(
-        str(path), schema=schema, header=True, multiLine=multiline, escape='"', mode="PERMISSIVE"
+        spark_uri(source),
+        schema=schema,
+        header=True,
+        multiLine=multiline,
+        escape='"',
+        mode="PERMISSIVE",
     )
     # Columns an export lacks (later or earlier layouts) become empty, not fatal.
     for name in RAW_COLUMNS:

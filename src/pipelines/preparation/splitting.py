@@ -3,12 +3,59 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
+
+# The top bits of the 64-bit hash bucket the rows: the k-th smallest hash of a class is found from
+# bucket counts, then among the rows of one bucket (about n / 65536 of them) on the driver.
+_BUCKET_SHIFT = 48
+
+
+def _class_quota(rows: int, fraction: float) -> int:
+    """round(rows * fraction), half up on the exact double value (what Spark's round does)."""
+    return int(Decimal(rows * fraction).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _thresholds(
+    scored: DataFrame, fraction: float
+) -> dict[object, tuple[int, str] | None]:
+    """Per label, the largest (hash, key) that goes to test; None where no row of it does.
+
+    Exact, from the rows alone: bucket counts (parallel partial aggregation), then one bucket per
+    label brought to the driver. No window over a whole class, so no single-task sort.
+    """
+    bucket = F.shiftright(F.col("_order"), _BUCKET_SHIFT)
+    counts: dict[object, list[tuple[int, int]]] = {}
+    for row in scored.groupBy(LABEL_COLUMN, bucket.alias("_bucket")).count().collect():
+        counts.setdefault(row[LABEL_COLUMN], []).append((row["_bucket"], row["count"]))
+    wanted: dict[object, tuple[int, int]] = {}  # label -> (bucket, rank inside the bucket)
+    for label, buckets in counts.items():
+        quota = _class_quota(sum(n for _, n in buckets), fraction)
+        if quota == 0:
+            continue
+        before = 0
+        for b, n in sorted(buckets):
+            if before + n >= quota:
+                wanted[label] = (b, quota - before)
+                break
+            before += n
+    thresholds: dict[object, tuple[int, str] | None] = dict.fromkeys(counts)
+    if not wanted:
+        return thresholds
+    in_bucket = F.lit(False)
+    for label, (b, _) in wanted.items():
+        in_bucket = in_bucket | ((F.col(LABEL_COLUMN) == F.lit(label)) & (bucket == F.lit(b)))
+    candidates: dict[object, list[tuple[int, str]]] = {}
+    for row in scored.filter(in_bucket).select(LABEL_COLUMN, "_order", KEY_COLUMN).collect():
+        candidates.setdefault(row[LABEL_COLUMN], []).append((row["_order"], row[KEY_COLUMN]))
+    for label, (_, rank) in wanted.items():
+        thresholds[label] = sorted(candidates[label])[rank - 1]
+    return thresholds
 
 
 def split_stratified(
@@ -16,22 +63,25 @@ def split_stratified(
 ) -> tuple[DataFrame, DataFrame]:
     """Exactly `test_fraction` of each label class to test, chosen by a seeded hash of the row key.
 
-    A hash of the key, not rand(), so the choice depends on the rows alone, not on partitioning.
+    A hash of the key, not rand(), so the choice depends on the rows alone, not on partitioning:
+    test holds the round(fraction * n) rows of each class with the smallest (hash, key).
     """
     # `salt` gives an independent draw from the same seed (the validation slice of the train side).
     order = F.xxhash64(F.lit(f"{seed}{salt}"), F.col(KEY_COLUMN))
-    by_label = Window.partitionBy(LABEL_COLUMN)
-    ranked = loans.withColumns(
-        {
-            "_rank": F.row_number().over(by_label.orderBy(order, F.col(KEY_COLUMN))),
-            "_class_rows": F.count(F.lit(1)).over(by_label),
-        }
-    )
-    is_test = F.col("_rank") <= F.round(F.col("_class_rows") * test_fraction)
-    ranked = ranked.withColumn("_is_test", is_test).drop("_rank", "_class_rows")
+    scored = loans.withColumn("_order", order)
+    is_test = F.lit(False)
+    for label, last in _thresholds(scored, test_fraction).items():
+        if last is None:
+            continue
+        t_order, t_key = last
+        upto = (F.col("_order") < F.lit(t_order)) | (
+            (F.col("_order") == F.lit(t_order)) & (F.col(KEY_COLUMN) <= F.lit(t_key))
+        )
+        is_test = is_test | ((F.col(LABEL_COLUMN) == F.lit(label)) & upto)
+    marked = scored.withColumn("_is_test", is_test).drop("_order")
     return (
-        ranked.filter(~F.col("_is_test")).drop("_is_test"),
-        ranked.filter(F.col("_is_test")).drop("_is_test"),
+        marked.filter(~F.col("_is_test")).drop("_is_test"),
+        marked.filter(F.col("_is_test")).drop("_is_test"),
     )
 
 
