@@ -144,11 +144,22 @@ class TrainedModel(Message):
     train_seconds: float
 
 
+class ValidationSlice(Message):
+    """The part of the training split held out for validation, calibration and selection."""
+
+    method: Literal["time", "random"] = Field(description="latest issue months, or seeded random")
+    rows: int
+    defaults: int
+    first_issue_d: str | None
+    last_issue_d: str | None
+
+
 class TrainSupResult(StageResult):
     stage: Literal["train_sup"] = "train_sup"
     train_data_sha256: str
     git_commit: str | None
     experiment: str
+    validation: ValidationSlice
     models: dict[str, TrainedModel]
 
 

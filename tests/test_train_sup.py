@@ -125,9 +125,23 @@ def test_spec_is_fitted_on_training_rows_and_used_by_the_model(
     try:
         fit_keys = {r[0] for r in data.fit.select(KEY_COLUMN).collect()}
         held_out = {r[0] for r in data.validation.select(KEY_COLUMN).collect()}
+        last_fit_month = data.fit.agg(F.max("issue_d")).first()[0]
+        month_shares = [
+            r["count"] / (len(fit_keys) + len(held_out))
+            for r in data.validation.groupBy("issue_d").count().collect()
+        ]
     finally:
         data.unpersist()
     assert not fit_keys & held_out
+    # Out of time by default: whole issue months, all later than every loan the models fit on, and
+    # the fewest latest months that hold the configured fraction.
+    validation = result.validation
+    assert validation.method == cfg.train.validation_method == "time"
+    assert validation.rows == len(held_out) and 0 < validation.defaults < validation.rows
+    assert validation.first_issue_d is not None and last_fit_month is not None
+    assert str(last_fit_month) < validation.first_issue_d <= str(validation.last_issue_d)
+    fraction = cfg.train.validation_fraction
+    assert fraction <= sum(month_shares) < fraction + max(month_shares)
     test_keys = {r[0] for r in test_split.select(KEY_COLUMN).collect()}
     assert not (fit_keys | held_out) & test_keys
     for model in result.models.values():

@@ -21,11 +21,12 @@ from src.contracts import (
     TrainedModel,
     TrainSupRequest,
     TrainSupResult,
+    ValidationSlice,
 )
 from src.core.feature_spec import FeatureSpec
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import binary_metrics, positive_probability
-from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.preparation.splitting import side_summary, split_fit_validation
 from src.pipelines.training.classifiers import (
     PROBABILITY_COLUMN,
     ModelName,
@@ -59,6 +60,7 @@ class TrainingData:
     validation: DataFrame
     test: DataFrame
     spec: FeatureSpec
+    validation_slice: ValidationSlice
 
     def unpersist(self) -> None:
         for df in (self.fit, self.validation, self.test):
@@ -89,11 +91,22 @@ def load_training_data(spark: SparkSession, cfg: Config, request: TrainSupReques
     """
     train = _read_split(spark, cfg, request.train, "train")
     test = _read_split(spark, cfg, request.test, "test")
-    fit, validation = split_fit_validation(train, cfg.train.validation_fraction, cfg.seed)
+    method = cfg.train.validation_method
+    fit, validation = split_fit_validation(
+        train, cfg.train.validation_fraction, cfg.seed, method=method
+    )
     partitions = cfg.spark.shuffle_partitions
     fit, validation, test = (_spread(df, partitions) for df in (fit, validation, test))
+    summary = side_summary(validation)
+    fields = ("rows", "defaults", "first_issue_d", "last_issue_d")
+    validation_slice = ValidationSlice.model_validate(
+        {"method": method, **{k: summary[k] for k in fields}}
+    )
+    log.info("train.validation_slice", **validation_slice.model_dump())
     spec = fit_feature_spec(fit, cfg.train.numeric, cfg.train.categorical, cfg.train.spec)
-    return TrainingData(fit=fit, validation=validation, test=test, spec=spec)
+    return TrainingData(
+        fit=fit, validation=validation, test=test, spec=spec, validation_slice=validation_slice
+    )
 
 
 def predictions(model: PipelineModel, df: DataFrame) -> DataFrame:
@@ -146,6 +159,7 @@ class TrainerAgent(Agent):
             train_data_sha256=request.train.sha256,
             git_commit=commit,
             experiment=self.cfg.mlflow.experiment,
+            validation=data.validation_slice,
             models=models,
         )
 
@@ -204,6 +218,7 @@ class TrainerAgent(Agent):
                     "balance": self.cfg.train.balance,
                     "search": self.cfg.train.search,
                     "validation_fraction": self.cfg.train.validation_fraction,
+                    "validation_method": self.cfg.train.validation_method,
                     "validation_rows": validation_rows,
                     "n_features": len(data.spec.features),
                     "train_data_sha256": request.train.sha256,

@@ -133,6 +133,7 @@ class FeatureSpecConfig(Section):
 class TrainConfig(Section):
     models_dir: Path
     validation_fraction: float = Field(gt=0, lt=1)
+    validation_method: Literal["time", "random"]
     numeric: list[str]
     categorical: list[str]
     spec: FeatureSpecConfig
