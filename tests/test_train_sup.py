@@ -101,18 +101,44 @@ def test_result_lists_models_with_hashed_relative_artifacts(
     assert result.experiment == "train-sup-test"
     assert TrainSupResult.model_validate_json(result.model_dump_json()) == result
     for name, model in result.models.items():
-        for artifact in (model.path, model.feature_spec, model.validation_predictions):
+        for artifact in (
+            model.path, model.feature_spec, model.validation_predictions, model.calibration
+        ):
             assert not Path(artifact.path).is_absolute()
             assert artifact.path.startswith(f"models/train_sup_test/{name}/")
             assert content_hash(cfg.path(artifact.path)) == artifact.sha256
         saved = spark.read.parquet(str(cfg.path(model.validation_predictions.path)))
-        assert saved.columns == [KEY_COLUMN, LABEL_COLUMN, "probability"]
+        assert saved.columns == [KEY_COLUMN, LABEL_COLUMN, "probability", "raw_probability"]
         assert saved.count() == model.validation_predictions.rows > 0
     expected_layers = [16, 8]
     assert result.models["mlp"].params["hidden_layers"] == expected_layers
     assert result.models["random_forest"].params["numTrees"] == SMALL_TRAINING["train"]["models"][
         "random_forest"
     ]["numTrees"]
+
+
+def test_calibration_maps_raw_probabilities_to_default_rates(
+    spark: Any, trained: tuple[Any, TrainSupResult]
+) -> None:
+    from src.core.calibration import read_calibration
+
+    cfg, result = trained
+    for name, model in result.models.items():
+        table = read_calibration(cfg.path(model.calibration.path))
+        assert table.fitted_on == "validation" and table.rows == model.validation_predictions.rows
+        saved = spark.read.parquet(str(cfg.path(model.validation_predictions.path))).toPandas()
+        # The saved (Spark-calibrated) probabilities are the table applied as serving applies it.
+        expected = table.apply(saved["raw_probability"].to_numpy(dtype=np.float64))
+        assert np.max(np.abs(saved["probability"].to_numpy() - expected)) <= 1e-12, name
+        # Balancing inflates P(default); the calibrator, fitted on validation, brings the held-out
+        # test probabilities back near observed rates: raw ECE is ~0.25, calibrated a few points.
+        check = model.calibration_check
+        assert check.test_ece <= 0.5 * check.test_ece_raw, (name, check)
+        assert check.validation_ece <= check.validation_ece_raw, (name, check)
+        y = saved[LABEL_COLUMN].to_numpy(dtype=np.float64)
+        se = np.sqrt(y.mean() * (1 - y.mean()) / len(y))
+        # Isotonic fits preserve the mean on the rows they are fitted on.
+        assert abs(saved["probability"].mean() - y.mean()) <= 4 * se, name
 
 
 def test_spec_is_fitted_on_training_rows_and_used_by_the_model(
