@@ -20,7 +20,7 @@ from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from tests.conftest import SMALL_TRAINING
 
-MODELS = ("random_forest", "gbt", "mlp")
+MODELS = ("random_forest", "gbt", "mlp", "logistic", "xgboost")
 # Small models so the file runs in minutes on two cores; the defaults of params.yaml are larger.
 # Chance is 0.5. Honest origination-only models on the full 42.5k-loan sample reach ~0.68–0.73; on
 # this subsample the models are smaller and see 5k loans, and a 1.6k-loan test slice (~240
@@ -53,7 +53,7 @@ def no_tracking_server() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def trained(trained_project: Any, no_tracking_server: None) -> tuple[Any, TrainSupResult]:
-    """All three models, trained once for the session on the subsample's training split."""
+    """Every model, trained once for the session on the subsample's training split."""
     from src.supervisor import load_result
 
     result = load_result(trained_project, "train_sup")
@@ -139,6 +139,40 @@ def test_calibration_maps_raw_probabilities_to_default_rates(
         se = np.sqrt(y.mean() * (1 - y.mean()) / len(y))
         # Isotonic fits preserve the mean on the rows they are fitted on.
         assert abs(saved["probability"].mean() - y.mean()) <= 4 * se, name
+
+
+def test_xgboost_is_monotone_where_params_yaml_says(
+    spark: Any, trained: tuple[Any, TrainSupResult], test_split: DataFrame
+) -> None:
+    from pyspark.ml.functions import vector_to_array
+    from xgboost import DMatrix
+
+    from src.core.feature_spec import SCALED_SUFFIX
+
+    cfg, result = trained
+    pipeline = PipelineModel.load(str(cfg.path(result.models["xgboost"].path.path)))
+    classifier = pipeline.stages[-1]
+    assert type(classifier).__name__ == "SparkXGBClassifierModel"
+    features = pipeline.stages[1].getInputCols()
+    vectors = PipelineModel(stages=pipeline.stages[:2]).transform(test_split.limit(200))
+    x = np.array(
+        [r[0] for r in vectors.select(vector_to_array("features")).collect()], dtype=np.float64
+    )
+    booster = classifier.get_booster()
+    grid = np.linspace(-4, 4, 41)  # standardized values: past the caps on either side
+    constraints = cfg.train.models["xgboost"]["monotone_constraints"]
+    for column, direction in constraints.items():
+        j = features.index(f"{column}{SCALED_SUFFIX}")
+        swept = np.repeat(x, len(grid), axis=0)
+        swept[:, j] = np.tile(grid, len(x))
+        p = booster.predict(DMatrix(swept)).reshape(len(x), len(grid))
+        steps = np.diff(p, axis=1) * direction
+        assert steps.min() >= -1e-6, (column, steps.min())
+    # The constraints bind: the model does use the ordinal sub_grade, in the allowed direction.
+    j = features.index(f"sub_grade_ordinal{SCALED_SUFFIX}")
+    low, high = x.copy(), x.copy()
+    low[:, j], high[:, j] = -2.0, 2.0
+    assert (booster.predict(DMatrix(high)) - booster.predict(DMatrix(low))).mean() > 0
 
 
 def test_spec_is_fitted_on_training_rows_and_used_by_the_model(

@@ -159,7 +159,7 @@ def _probability_quality(
 
 
 class TrainerAgent(Agent):
-    """Supervised training: random forest, GBT and MLP default models, tracked in MLflow."""
+    """Supervised training: the default models of `train.models`, calibrated, tracked in MLflow."""
 
     skills = (Skill("train_sup", TrainSupRequest, TrainSupResult, "train"),)
 
@@ -180,9 +180,19 @@ class TrainerAgent(Agent):
         names: list[ModelName] = list(self.cfg.train.models)
         models: dict[str, TrainedModel] = {}
         try:
-            for done, name in enumerate(names, start=1):
+            for i, name in enumerate(names, start=1):
+                log.info("train.model_start", model=name, i=i, n=len(names),
+                         features=len(data.spec.features), balance=self.cfg.train.balance,
+                         search=self.cfg.train.search)
                 models[name] = self._train_one(name, data, request, experiment_id, commit)
-                log.info("train.progress", done=done, total=len(names), model=name)
+                trained = models[name]
+                log.info("train.model_done", model=name, i=i, n=len(names),
+                         seconds=trained.train_seconds,
+                         validation_auc=round(trained.validation.auc_roc, 4),
+                         raw_validation_auc=round(trained.raw_validation.auc_roc, 4),
+                         test_ece_raw=round(trained.calibration_check.test_ece_raw, 4),
+                         test_ece=round(trained.calibration_check.test_ece, 4),
+                         run_id=trained.run_id)
         finally:
             data.unpersist()
         return TrainSupResult(
@@ -203,6 +213,7 @@ class TrainerAgent(Agent):
             grid=grid, search_train_ratio=1.0 - train_cfg.validation_fraction,
         )
         seconds = round(time.perf_counter() - started, 3)
+        log.info("train.model_fitted", model=name, seconds=seconds)
         raw_validation = predictions(model, data.validation).withColumnRenamed(
             PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN
         ).persist(StorageLevel.MEMORY_AND_DISK)
@@ -253,8 +264,6 @@ class TrainerAgent(Agent):
         experiment_id: str,
         commit: str | None,
     ) -> TrainedModel:
-        log.info("train.model.start", model=name, features=len(data.spec.features),
-                 balance=self.cfg.train.balance, search=self.cfg.train.search)
         fitted = self._fit(name, data)
         try:
             folder = self._save(name, fitted, data.spec)
@@ -294,9 +303,6 @@ class TrainerAgent(Agent):
             info = mlflow.spark.log_model(
                 fitted.model, MLFLOW_MODEL_NAME, pip_requirements=PIP_REQUIREMENTS
             )
-        log.info("train.model.done", model=name, seconds=fitted.seconds,
-                 auc=round(fitted.validation.auc_roc, 4), test_auc=round(fitted.test.auc_roc, 4),
-                 run_id=run.info.run_id)
         return TrainedModel(
             name=name,
             run_id=run.info.run_id,

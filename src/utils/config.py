@@ -139,8 +139,8 @@ class TrainConfig(Section):
     spec: FeatureSpecConfig
     balance: bool
     search: bool
-    models: dict[Literal["random_forest", "gbt", "mlp"], dict[str, Any]]
-    grids: dict[Literal["random_forest", "gbt", "mlp"], dict[str, list[Any]]]
+    models: dict[Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"], dict[str, Any]]
+    grids: dict[Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"], dict[str, list[Any]]]
 
 
 class SegmentConfig(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -13,11 +14,13 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the process's SparkSession, creating it from `cfg` on first use."""
     # Loopback: the hostname may not resolve, and nothing here should listen outside.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
+    # Python workers run this interpreter (the project's venv): xgboost.spark trains inside them.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.appName(cfg.app_name)
         .master(cfg.master)
         .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
