@@ -133,19 +133,50 @@ class ModelMetrics(Message):
     log_loss: float
 
 
+class CalibrationCheck(Message):
+    """Expected calibration error and Brier score before (raw) and after the calibrator."""
+
+    bins: int
+    validation_ece_raw: float
+    validation_ece: float = Field(description="in-sample: the calibrator is fitted on these rows")
+    test_ece_raw: float
+    test_ece: float
+    validation_brier_raw: float
+    validation_brier: float
+    test_brier_raw: float
+    test_brier: float
+
+
 class TrainedModel(Message):
-    name: str = Field(description="random_forest | gbt | mlp")
+    name: str = Field(description="random_forest | gbt | mlp | logistic | xgboost")
     run_id: str = Field(description="MLflow run id")
     model_uri: str = Field(description="MLflow URI of the logged Spark model")
     path: Artifact = Field(description="Spark PipelineModel saved under models/supervised/<name>/")
     feature_spec: Artifact
     validation_predictions: Artifact = Field(
-        description="loan_key, default, probability of the validation slice of the training split"
+        description="loan_key, default, probability (calibrated), raw_probability of the "
+        "validation slice of the training split"
+    )
+    calibration: Artifact = Field(
+        description="calibration.json beside the model: isotonic map of its raw P(default), "
+        "fitted on the validation slice"
     )
     params: dict[str, float | int | str | list[int]]
-    validation: ModelMetrics
-    test: ModelMetrics
+    validation: ModelMetrics = Field(description="on calibrated probabilities")
+    test: ModelMetrics = Field(description="on calibrated probabilities")
+    raw_validation: ModelMetrics = Field(description="on the model's raw probabilities")
+    calibration_check: CalibrationCheck
     train_seconds: float
+
+
+class ValidationSlice(Message):
+    """The part of the training split held out for validation, calibration and selection."""
+
+    method: Literal["time", "random"] = Field(description="latest issue months, or seeded random")
+    rows: int
+    defaults: int
+    first_issue_d: str | None
+    last_issue_d: str | None
 
 
 class TrainSupResult(StageResult):
@@ -153,6 +184,7 @@ class TrainSupResult(StageResult):
     train_data_sha256: str
     git_commit: str | None
     experiment: str
+    validation: ValidationSlice
     models: dict[str, TrainedModel]
 
 

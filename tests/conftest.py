@@ -149,6 +149,8 @@ SMALL_TRAINING: dict[str, Any] = {
             "random_forest": {"numTrees": 40},
             "gbt": {"maxIter": 30},
             "mlp": {"maxIter": 20},
+            "logistic": {"maxIter": 20},
+            "xgboost": {"n_estimators": 30},
         },
     },
     "segment": {"k_range": [3, 4]},

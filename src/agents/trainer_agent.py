@@ -9,6 +9,8 @@ from typing import Any
 
 import mlflow
 import mlflow.spark
+import numpy as np
+import pandas as pd
 import pyspark
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -17,15 +19,24 @@ from pyspark.sql import DataFrame, SparkSession
 from src.agents.base import Agent, Skill
 from src.contracts import (
     Artifact,
+    CalibrationCheck,
     ModelMetrics,
     TrainedModel,
     TrainSupRequest,
     TrainSupResult,
+    ValidationSlice,
 )
+from src.core.calibration import CALIBRATION_FILE, Calibration
 from src.core.feature_spec import FeatureSpec
+from src.core.metrics import brier_score, expected_calibration_error
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import binary_metrics, positive_probability
-from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.preparation.splitting import side_summary, split_fit_validation
+from src.pipelines.training.calibration import (
+    RAW_PROBABILITY_COLUMN,
+    calibrate_predictions,
+    fit_calibration,
+)
 from src.pipelines.training.classifiers import (
     PROBABILITY_COLUMN,
     ModelName,
@@ -59,6 +70,7 @@ class TrainingData:
     validation: DataFrame
     test: DataFrame
     spec: FeatureSpec
+    validation_slice: ValidationSlice
 
     def unpersist(self) -> None:
         for df in (self.fit, self.validation, self.test):
@@ -89,11 +101,22 @@ def load_training_data(spark: SparkSession, cfg: Config, request: TrainSupReques
     """
     train = _read_split(spark, cfg, request.train, "train")
     test = _read_split(spark, cfg, request.test, "test")
-    fit, validation = split_fit_validation(train, cfg.train.validation_fraction, cfg.seed)
+    method = cfg.train.validation_method
+    fit, validation = split_fit_validation(
+        train, cfg.train.validation_fraction, cfg.seed, method=method
+    )
     partitions = cfg.spark.shuffle_partitions
     fit, validation, test = (_spread(df, partitions) for df in (fit, validation, test))
+    summary = side_summary(validation)
+    fields = ("rows", "defaults", "first_issue_d", "last_issue_d")
+    validation_slice = ValidationSlice.model_validate(
+        {"method": method, **{k: summary[k] for k in fields}}
+    )
+    log.info("train.validation_slice", **validation_slice.model_dump())
     spec = fit_feature_spec(fit, cfg.train.numeric, cfg.train.categorical, cfg.train.spec)
-    return TrainingData(fit=fit, validation=validation, test=test, spec=spec)
+    return TrainingData(
+        fit=fit, validation=validation, test=test, spec=spec, validation_slice=validation_slice
+    )
 
 
 def predictions(model: PipelineModel, df: DataFrame) -> DataFrame:
@@ -110,13 +133,33 @@ class _Fitted:
     model: PipelineModel
     params: dict[str, Any]
     seconds: float
+    calibration: Calibration
     validation: ModelMetrics
     test: ModelMetrics
+    raw_validation: ModelMetrics
+    check: CalibrationCheck
     validation_predictions: DataFrame
+
+    def unpersist(self) -> None:
+        self.validation_predictions.unpersist()
+
+
+def _probability_quality(
+    validation: pd.DataFrame, test: pd.DataFrame, bins: int
+) -> CalibrationCheck:
+    """ECE and Brier of raw and calibrated probabilities on both frames."""
+    values: dict[str, float] = {}
+    for side, frame in (("validation", validation), ("test", test)):
+        y = frame[LABEL_COLUMN].to_numpy(dtype=np.float64)
+        for suffix, column in (("", PROBABILITY_COLUMN), ("_raw", RAW_PROBABILITY_COLUMN)):
+            p = frame[column].to_numpy(dtype=np.float64)
+            values[f"{side}_ece{suffix}"] = expected_calibration_error(y, p, bins)
+            values[f"{side}_brier{suffix}"] = brier_score(y, p)
+    return CalibrationCheck(bins=bins, **values)
 
 
 class TrainerAgent(Agent):
-    """Supervised training: random forest, GBT and MLP default models, tracked in MLflow."""
+    """Supervised training: the default models of `train.models`, calibrated, tracked in MLflow."""
 
     skills = (Skill("train_sup", TrainSupRequest, TrainSupResult, "train"),)
 
@@ -137,15 +180,26 @@ class TrainerAgent(Agent):
         names: list[ModelName] = list(self.cfg.train.models)
         models: dict[str, TrainedModel] = {}
         try:
-            for done, name in enumerate(names, start=1):
+            for i, name in enumerate(names, start=1):
+                log.info("train.model_start", model=name, i=i, n=len(names),
+                         features=len(data.spec.features), balance=self.cfg.train.balance,
+                         search=self.cfg.train.search)
                 models[name] = self._train_one(name, data, request, experiment_id, commit)
-                log.info("train.progress", done=done, total=len(names), model=name)
+                trained = models[name]
+                log.info("train.model_done", model=name, i=i, n=len(names),
+                         seconds=trained.train_seconds,
+                         validation_auc=round(trained.validation.auc_roc, 4),
+                         raw_validation_auc=round(trained.raw_validation.auc_roc, 4),
+                         test_ece_raw=round(trained.calibration_check.test_ece_raw, 4),
+                         test_ece=round(trained.calibration_check.test_ece, 4),
+                         run_id=trained.run_id)
         finally:
             data.unpersist()
         return TrainSupResult(
             train_data_sha256=request.train.sha256,
             git_commit=commit,
             experiment=self.cfg.mlflow.experiment,
+            validation=data.validation_slice,
             models=models,
         )
 
@@ -159,23 +213,44 @@ class TrainerAgent(Agent):
             grid=grid, search_train_ratio=1.0 - train_cfg.validation_fraction,
         )
         seconds = round(time.perf_counter() - started, 3)
-        validation_predictions = predictions(model, data.validation)
+        log.info("train.model_fitted", model=name, seconds=seconds)
+        raw_validation = predictions(model, data.validation).withColumnRenamed(
+            PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            # The calibrator is fitted on the same slice that evaluate later selects on: accepted
+            # here, as isotonic regression is monotone and barely moves the ranking metrics.
+            calibration = fit_calibration(raw_validation, fitted_on="validation")
+        finally:
+            raw_validation.unpersist()
+        validation = calibrate_predictions(predictions(model, data.validation), calibration)
+        validation = validation.persist(StorageLevel.MEMORY_AND_DISK)
+        test = calibrate_predictions(predictions(model, data.test), calibration)
+        columns = [LABEL_COLUMN, PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN]
         return _Fitted(
             model=model,
             params=classifier_params(model, sorted({*params, *(grid or {})})),
             seconds=seconds,
-            validation=binary_metrics(validation_predictions, LABEL_COLUMN, PROBABILITY_COLUMN),
-            test=binary_metrics(predictions(model, data.test), LABEL_COLUMN, PROBABILITY_COLUMN),
-            validation_predictions=validation_predictions,
+            calibration=calibration,
+            validation=binary_metrics(validation, LABEL_COLUMN, PROBABILITY_COLUMN),
+            test=binary_metrics(test, LABEL_COLUMN, PROBABILITY_COLUMN),
+            raw_validation=binary_metrics(validation, LABEL_COLUMN, RAW_PROBABILITY_COLUMN),
+            check=_probability_quality(
+                validation.select(columns).toPandas(),
+                test.select(columns).toPandas(),
+                self.cfg.evaluate.calibration_bins,
+            ),
+            validation_predictions=validation,
         )
 
     def _save(self, name: str, fitted: _Fitted, spec: FeatureSpec) -> Path:
-        """Write model, spec and validation predictions to models/supervised/<name>/ at once."""
+        """Write model, spec, calibration and validation predictions to <models_dir>/<name>/."""
         target = self.cfg.path(self.cfg.train.models_dir) / name
         with atomic_path(target) as tmp:
             tmp.mkdir(parents=True)
             fitted.model.save(str(tmp / MODEL_DIR))
             (tmp / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
+            (tmp / CALIBRATION_FILE).write_text(fitted.calibration.model_dump_json(indent=2) + "\n")
             fitted.validation_predictions.orderBy(KEY_COLUMN).write.parquet(
                 str(tmp / VALIDATION_FILE)
             )
@@ -189,11 +264,12 @@ class TrainerAgent(Agent):
         experiment_id: str,
         commit: str | None,
     ) -> TrainedModel:
-        log.info("train.model.start", model=name, features=len(data.spec.features),
-                 balance=self.cfg.train.balance, search=self.cfg.train.search)
         fitted = self._fit(name, data)
-        folder = self._save(name, fitted, data.spec)
-        validation_rows = fitted.validation_predictions.count()
+        try:
+            folder = self._save(name, fitted, data.spec)
+            validation_rows = fitted.validation_predictions.count()
+        finally:
+            fitted.unpersist()
         with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
             mlflow.set_tags({"model": name, "stage": "train_sup"})
             mlflow.log_params(
@@ -204,6 +280,7 @@ class TrainerAgent(Agent):
                     "balance": self.cfg.train.balance,
                     "search": self.cfg.train.search,
                     "validation_fraction": self.cfg.train.validation_fraction,
+                    "validation_method": self.cfg.train.validation_method,
                     "validation_rows": validation_rows,
                     "n_features": len(data.spec.features),
                     "train_data_sha256": request.train.sha256,
@@ -215,16 +292,17 @@ class TrainerAgent(Agent):
                 {
                     **{f"validation_{k}": v for k, v in fitted.validation.model_dump().items()},
                     **{f"test_{k}": v for k, v in fitted.test.model_dump().items()},
+                    **{f"raw_validation_{k}": v
+                       for k, v in fitted.raw_validation.model_dump().items()},
+                    **{k: v for k, v in fitted.check.model_dump().items() if k != "bins"},
                     "train_seconds": fitted.seconds,
                 }
             )
             mlflow.log_artifact(str(folder / SPEC_FILE))
+            mlflow.log_artifact(str(folder / CALIBRATION_FILE))
             info = mlflow.spark.log_model(
                 fitted.model, MLFLOW_MODEL_NAME, pip_requirements=PIP_REQUIREMENTS
             )
-        log.info("train.model.done", model=name, seconds=fitted.seconds,
-                 auc=round(fitted.validation.auc_roc, 4), test_auc=round(fitted.test.auc_roc, 4),
-                 run_id=run.info.run_id)
         return TrainedModel(
             name=name,
             run_id=run.info.run_id,
@@ -232,8 +310,11 @@ class TrainerAgent(Agent):
             path=self._artifact(folder / MODEL_DIR),
             feature_spec=self._artifact(folder / SPEC_FILE),
             validation_predictions=self._artifact(folder / VALIDATION_FILE, validation_rows),
+            calibration=self._artifact(folder / CALIBRATION_FILE),
             params=fitted.params,
             validation=fitted.validation,
             test=fitted.test,
+            raw_validation=fitted.raw_validation,
+            calibration_check=fitted.check,
             train_seconds=fitted.seconds,
         )

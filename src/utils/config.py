@@ -174,13 +174,14 @@ class FeatureSpecConfig(Section):
 class TrainConfig(Section):
     models_dir: Path
     validation_fraction: float = Field(gt=0, lt=1)
+    validation_method: Literal["time", "random"]
     numeric: list[str]
     categorical: list[str]
     spec: FeatureSpecConfig
     balance: bool
     search: bool
-    models: dict[Literal["random_forest", "gbt", "mlp"], dict[str, Any]]
-    grids: dict[Literal["random_forest", "gbt", "mlp"], dict[str, list[Any]]]
+    models: dict[Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"], dict[str, Any]]
+    grids: dict[Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"], dict[str, list[Any]]]
 
 
 class SegmentConfig(Section):

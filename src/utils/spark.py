@@ -51,6 +51,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         SparkSession.builder.appName(cfg.app_name)
         .master(master)
         .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -89,11 +90,23 @@ def split_stratified(
 VALIDATION_SALT = ":validation"
 
 
+ValidationMethod = Literal["time", "random"]
+
+
 def split_fit_validation(
-    train: DataFrame, fraction: float, seed: int
+    train: DataFrame, fraction: float, seed: int, method: ValidationMethod = "time"
 ) -> tuple[DataFrame, DataFrame]:
-    """The training split as (fit, validation): the slice every stage validates and tunes on."""
-    return split_stratified(train, fraction, seed, salt=VALIDATION_SALT)
+    """The training split as (fit, validation): the slice every stage validates and tunes on.
+
+    `time`: the latest whole issue months holding about `fraction` of the loans (out of time, as
+    the model will score later loans); `random`: a seeded stratified slice.
+    """
+    if method == "random":
+        return split_stratified(train, fraction, seed, salt=VALIDATION_SALT)
+    if method != "time":
+        raise ValueError(f"split_fit_validation: unknown method {method!r}")
+    fit, validation, _ = split_by_time(train, fraction)
+    return fit, validation
 
 
 def time_cutoff(loans: DataFrame, test_fraction: float) -> date:

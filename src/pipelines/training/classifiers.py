@@ -1,4 +1,5 @@
-"""Spark ML classifier pipelines over the feature spec: random forest, gradient-boosted trees, MLP.
+"""Spark ML classifier pipelines over the feature spec: random forest, gradient-boosted trees, MLP,
+logistic regression and XGBoost (xgboost.spark, monotone constraints from params.yaml).
 
 Every pipeline is [SQLTransformer(spec), VectorAssembler, classifier]: the model's input vector is
 plain numeric columns without categorical metadata, which is what exports to ONNX exactly.
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from pyspark.ml import Estimator, Pipeline, PipelineModel
 from pyspark.ml.classification import (
     GBTClassifier,
+    LogisticRegression,
     MultilayerPerceptronClassifier,
     RandomForestClassifier,
 )
@@ -23,22 +25,25 @@ from pyspark.sql import functions as F
 
 from src.core.feature_spec import FeatureSpec, spec_sql
 from src.core.raw_schema import LABEL_COLUMN
-from src.utils.errors import DataError
+from src.utils.errors import ConfigError, DataError
 
-ModelName = Literal["random_forest", "gbt", "mlp"]
+ModelName = Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"]
 FEATURES_COLUMN = "features"
 WEIGHT_COLUMN = "class_weight"
 PROBABILITY_COLUMN = "probability"
 # Model settings of params.yaml that are not Spark params: the MLP's hidden layer sizes.
 HIDDEN_LAYERS = "hidden_layers"
+# XGBoost's monotone constraints by input column: +1 = risk never falls as the feature rises.
+MONOTONE_CONSTRAINTS = "monotone_constraints"
 N_CLASSES = 2
 _ESTIMATORS: dict[str, type[Estimator]] = {
     "random_forest": RandomForestClassifier,
     "gbt": GBTClassifier,
     "mlp": MultilayerPerceptronClassifier,
+    "logistic": LogisticRegression,
 }
 # Estimators that take a weight column; the others are balanced by resampling the fit data.
-_WEIGHTED = frozenset({"random_forest", "gbt"})
+_WEIGHTED = frozenset({"random_forest", "gbt", "logistic", "xgboost"})
 
 
 def class_counts(df: DataFrame) -> dict[int, int]:
@@ -82,23 +87,58 @@ def uses_weights(name: ModelName) -> bool:
     return name in _WEIGHTED
 
 
-def _spark_params(name: ModelName, params: Mapping[str, Any], n_features: int) -> dict[str, Any]:
+def monotone_vector(constraints: Mapping[str, int], spec: FeatureSpec) -> str:
+    """XGBoost's "(c1,c2,...)" over the spec's feature vector from constraints by input column."""
+    outputs = {f.name: f.output for f in spec.numeric}
+    unknown = sorted(set(constraints) - set(outputs) - set(spec.dropped))
+    if unknown:
+        raise ConfigError(
+            f"train.models.xgboost.{MONOTONE_CONSTRAINTS}: {unknown} are not numeric features"
+        )
+    bad = {k: v for k, v in constraints.items() if v not in (-1, 0, 1)}
+    if bad:
+        raise ConfigError(f"train.models.xgboost.{MONOTONE_CONSTRAINTS}: {bad} must be -1, 0 or 1")
+    # Scaling (x - mean) / std with std > 0 keeps each feature's direction.
+    by_output = {outputs[k]: v for k, v in constraints.items() if k in outputs}
+    return "(" + ",".join(str(by_output.get(f, 0)) for f in spec.features) + ")"
+
+
+def _spark_params(
+    name: ModelName, params: Mapping[str, Any], spec: FeatureSpec
+) -> dict[str, Any]:
     spark_params = {k: v for k, v in params.items() if k != HIDDEN_LAYERS}
     if name == "mlp":
-        spark_params["layers"] = [n_features, *params.get(HIDDEN_LAYERS, []), N_CLASSES]
+        spark_params["layers"] = [len(spec.features), *params.get(HIDDEN_LAYERS, []), N_CLASSES]
+    if name == "xgboost" and MONOTONE_CONSTRAINTS in params:
+        spark_params[MONOTONE_CONSTRAINTS] = monotone_vector(params[MONOTONE_CONSTRAINTS], spec)
     return spark_params
 
 
+def _xgboost(params: Mapping[str, Any], seed: int, weighted: bool) -> Estimator:
+    # Imported here: xgboost is only needed by the runs that train it.
+    from xgboost.spark import SparkXGBClassifier
+
+    return SparkXGBClassifier(
+        features_col=FEATURES_COLUMN,
+        label_col=LABEL_COLUMN,
+        probability_col=PROBABILITY_COLUMN,
+        weight_col=WEIGHT_COLUMN if weighted else None,
+        random_state=seed,
+        **params,
+    )
+
+
 def build_classifier(
-    name: ModelName, params: Mapping[str, Any], n_features: int, seed: int, weighted: bool
+    name: ModelName, params: Mapping[str, Any], spec: FeatureSpec, seed: int, weighted: bool
 ) -> Estimator:
     """The Spark estimator `name` with `params` from params.yaml; weighted when asked and able."""
-    estimator = _ESTIMATORS[name](
-        featuresCol=FEATURES_COLUMN,
-        labelCol=LABEL_COLUMN,
-        seed=seed,
-        **_spark_params(name, params, n_features),
-    )
+    spark_params = _spark_params(name, params, spec)
+    if name == "xgboost":
+        return _xgboost(spark_params, seed, weighted)
+    estimator_class = _ESTIMATORS[name]
+    if estimator_class().hasParam("seed"):  # logistic regression is deterministic: no seed
+        spark_params["seed"] = seed
+    estimator = estimator_class(featuresCol=FEATURES_COLUMN, labelCol=LABEL_COLUMN, **spark_params)
     if weighted and uses_weights(name):
         estimator.setWeightCol(WEIGHT_COLUMN)
     return estimator
@@ -148,7 +188,7 @@ def fit_pipeline(
         data = with_class_weight(fit_df, class_weights(counts))
     elif balance:
         data = oversample_minority(fit_df, counts, seed)
-    classifier = build_classifier(name, params, len(spec.features), seed, weighted=balance)
+    classifier = build_classifier(name, params, spec, seed, weighted=balance)
     pipeline = build_pipeline(spec, classifier)
     if not grid:
         return pipeline.fit(data)

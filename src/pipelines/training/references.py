@@ -9,20 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from src.core.feature_spec import FeatureSpec
 from src.core.raw_schema import LABEL_COLUMN
-from src.pipelines.training.classifiers import (
-    FEATURES_COLUMN,
-    WEIGHT_COLUMN,
-    build_pipeline,
-    class_counts,
-    class_weights,
-    with_class_weight,
-)
+from src.pipelines.training.classifiers import fit_pipeline
 from src.utils.errors import DataError
 
 SUB_GRADE = "sub_grade"
@@ -66,10 +58,5 @@ def fit_sub_grade(fit: DataFrame) -> SubGradeReference:
 
 def fit_logistic(fit: DataFrame, spec: FeatureSpec, balance: bool) -> PipelineModel:
     """Spark's LogisticRegression (its defaults) on the spec's features, class-weighted as the
-    trainer weights its models when `balance` is on."""
-    classifier = LogisticRegression(featuresCol=FEATURES_COLUMN, labelCol=LABEL_COLUMN)
-    data = fit
-    if balance:
-        data = with_class_weight(fit, class_weights(class_counts(fit)))
-        classifier.setWeightCol(WEIGHT_COLUMN)
-    return build_pipeline(spec, classifier).fit(data)
+    trainer weights its models when `balance` is on: the candidate `logistic` with no settings."""
+    return fit_pipeline("logistic", fit, spec, {}, seed=0, balance=balance)
