@@ -40,6 +40,7 @@ from src.core.bundle import (
 )
 from src.core.raw_schema import KEY_COLUMN
 from src.pipelines.registry.client import Registry
+from src.pipelines.training.references import SUB_GRADE_REFERENCE
 from src.utils.config import RetryConfig
 from src.utils.errors import PermanentError, TransientError
 from src.utils.tracking import TRACKING_URI_ENV
@@ -372,17 +373,17 @@ def test_below_the_floor_is_challenger_only(
     upstream: Upstream, first: RegisterResult, embedded: None
 ) -> None:
     # A min_delta no model can clear: the floor decides, and says so in tags and card.
-    cfg = upstream.config(floor_reference="sub_grade", min_delta=1.0)
+    cfg = upstream.config(floor_reference=SUB_GRADE_REFERENCE, min_delta=1.0)
     best = upstream.evaluate.best_model
     result = register(cfg, upstream.request())
-    floor = upstream.evaluate.evaluations["sub_grade"].validation
+    floor = upstream.evaluate.evaluations[SUB_GRADE_REFERENCE].validation
     assert floor is not None
     assert result.alias == CHALLENGER
     assert result.floor_score == pytest.approx(getattr(floor, upstream.evaluate.primary_metric))
     assert "sub_grade reference" in result.decision and "never champion" in result.decision
     assert _alias(cfg, CHAMPION) == first.version
     version = Registry(cfg).client.get_model_version(cfg.registry.model_name, result.version)
-    assert version.tags["floor_reference"] == "sub_grade"
+    assert version.tags["floor_reference"] == SUB_GRADE_REFERENCE
     assert version.tags["floor_passed"] == "false"
     assert float(version.tags["floor_score"]) == result.floor_score
     card = cfg.path(result.model_card).read_text()
@@ -406,7 +407,7 @@ def test_decide_needs_the_floor_and_the_champion(
     # Score 0.30, min_delta 0.002: 0.299 is within min_delta, 0.29 and 0.25 are not.
     version = None if champion is None else "3"
     got, reason = decide("auc_pr", 0.30, version, champion, 0.002,
-                         None if floor is None else Floor("sub_grade", floor))
+                         None if floor is None else Floor(SUB_GRADE_REFERENCE, floor))
     assert got == alias and says in reason, reason
     assert "validation auc_pr" in reason
 

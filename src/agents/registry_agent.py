@@ -8,8 +8,9 @@ Order of work, so that nothing is half-registered:
    the download, set the alias — any failure after the version exists deletes it again;
 4. write the same bundle to `register.bundle_dir`.
 
-A version becomes champion only if it also beats the lender's own grade (the `sub_grade`
-reference of evaluate, on the same validation rows) by `min_delta`; otherwise it is a challenger.
+A version becomes champion only if it also beats the lender's own grade (evaluate's
+`ref_sub_grade` reference, `register.floor_reference`, on the same validation rows) by
+`min_delta`; otherwise it is a challenger.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class Floor:
     name: str
     score: float
 
+    def passed(self, score: float, min_delta: float) -> bool:
+        """True when `score` beats the floor by at least min_delta."""
+        return score - self.score >= min_delta
+
 
 def calibrated_parity(parity: Parity, scored: ScoredTest, calibration: Calibration) -> Parity:
     """ONNX against Spark after both went through the calibration table, as they are served."""
@@ -140,7 +145,7 @@ def decide(
     the champion's score.
     """
     where = f"validation {metric}"
-    if floor is not None and score - floor.score < min_delta:
+    if floor is not None and not floor.passed(score, min_delta):
         stays = f"v{champion_version} stays champion" if champion_version else "no champion"
         return CHALLENGER, (
             f"challenger: {where} {score:.4f} does not beat the {floor.name} reference's "
@@ -466,7 +471,7 @@ class RegistryAgent(Agent):
             "floor_reference": c.floor.name if c.floor else "none",
             "floor_score": repr(c.floor.score) if c.floor else "none",
             "floor_passed": str(c.floor is None
-                                or c.score - c.floor.score >= self.cfg.registry.min_delta).lower(),
+                                or c.floor.passed(c.score, self.cfg.registry.min_delta)).lower(),
             "calibration": c.calibration.method,
         }
         # metric.* are test figures (reported only); validation_metric.* what selection saw.
