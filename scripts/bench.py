@@ -95,22 +95,27 @@ def main() -> int:
 
 
 def print_metrics(path: Path) -> None:
-    """The test-split figures of the evaluate stage, when it ran."""
+    """The evaluate stage's figures, validation (selection) and test (report), when it ran."""
     if not path.is_file():
         return
     metrics = json.loads(path.read_text())
     print(
-        f"\n{'model':<16} {'AUC-ROC [95% CI]':<26} {'AUC-PR':>7} {'KS':>6} {'Brier':>6} {'thr':>6}"
+        f"\n{'model':<16} {'data':<10} {'AUC-ROC [95% CI]':<26} {'AUC-PR':>7} {'KS':>6} "
+        f"{'Brier':>6} {'ECE':>6} {'thr':>6}"
     )
-    for name, m in metrics.items():
-        if isinstance(m, dict) and "auc_roc" in m:
+    for name, by_data in metrics.items():
+        if not isinstance(by_data, dict) or "test" not in by_data:
+            continue
+        for data in ("validation", "test"):
+            m = by_data.get(data) or {}
+            if "auc_roc" not in m:
+                continue
             ci = f"{m['auc_roc']:.4f} [{m['auc_roc_low']:.4f}, {m['auc_roc_high']:.4f}]"
             print(
-                f"{name:<16} {ci:<26} {m['auc_pr']:>7.4f} {m['ks']:>6.3f} {m['brier']:>6.3f} "
-                f"{m['threshold']:>6.3f}"
+                f"{name:<16} {data:<10} {ci:<26} {m['auc_pr']:>7.4f} {m['ks']:>6.3f} "
+                f"{m['brier']:>6.3f} {m['calibration_error']:>6.3f} {m['threshold']:>6.3f}"
             )
-    print(f"best model: {metrics.get('best_model')}")
-
+    print(f"best model: {metrics.get('best_model')} (chosen on {metrics.get('selected_on')})")
 
 if __name__ == "__main__":
     sys.exit(main())

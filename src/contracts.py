@@ -242,8 +242,28 @@ class ConfusionMatrix(Message):
     tp: int
 
 
+class SliceMetrics(Message):
+    """Ranking and probability metrics of one model or reference on one named data set."""
+
+    data: Literal["validation", "test"]
+    rows: int
+    auc_roc: float
+    auc_roc_ci: Interval
+    auc_pr: float
+    auc_pr_ci: Interval
+    ks: float
+    gini: float
+    brier: float
+    log_loss: float
+    calibration_error: float = Field(description="expected calibration error (ECE)")
+
+
 class Evaluation(Message):
-    """Test-split metrics of one model or reference."""
+    """Test-split metrics of one model or reference (reported only), and its validation metrics.
+
+    The top-level figures are on the test split; `validation` holds the same figures on the
+    validation slice of the training split, the data the best model is chosen on.
+    """
 
     name: str
     kind: Literal["model", "reference"]
@@ -261,6 +281,19 @@ class Evaluation(Message):
     recall: float
     f1: float
     confusion: ConfusionMatrix
+    validation: SliceMetrics | None = Field(
+        default=None, description="the same metrics on the validation slice (selection data)"
+    )
+    calibrated: bool = Field(
+        default=False, description="probabilities went through the model's calibration table"
+    )
+
+    def test_metrics(self) -> SliceMetrics:
+        """The top-level figures, which are on the test split, as SliceMetrics."""
+        c = self.confusion
+        shared = set(SliceMetrics.model_fields) - {"data", "rows"}
+        return SliceMetrics(data="test", rows=c.tn + c.fp + c.fn + c.tp,
+                            **self.model_dump(include=shared))
 
 
 class SegmentEvaluation(Message):
@@ -280,6 +313,10 @@ class EvaluateResult(StageResult):
     stage: Literal["evaluate"] = "evaluate"
     primary_metric: str
     best_model: str
+    selected_on: str = Field(
+        default="validation",
+        description="data the best model was chosen on (the validation slice, never test)",
+    )
     evaluations: dict[str, Evaluation]
     segments: list[SegmentEvaluation]
     metrics_file: Artifact
@@ -306,7 +343,15 @@ class RegisterResult(StageResult):
     alias: Literal["champion", "challenger"]
     decision: str = Field(description="why the version got its alias, with both scores")
     score: float
-    champion_score: float | None = Field(description="the previous champion on the same test data")
+    champion_score: float | None = Field(
+        description="the previous champion on the same validation data"
+    )
+    scored_on: str = Field(
+        default="validation", description="data `score`, `champion_score` and `floor_score` are on"
+    )
+    floor_score: float | None = Field(
+        default=None, description="the floor reference (sub_grade) on the same validation data"
+    )
     previous_champion_version: str | None
     onnx_max_abs_diff: float
     bundle: Artifact

@@ -1,8 +1,11 @@
-"""Numpy evaluation metrics and threshold rules against scikit-learn and hand-computed values."""
+"""Evaluation metrics and threshold rules against scikit-learn and hand-computed values."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from src.core.metrics import (
     gini,
     ks_statistic,
     log_loss,
+    pr_curve,
     roc_curve,
 )
 from src.core.thresholds import choose_threshold, profit_at, scan_thresholds
@@ -41,21 +45,43 @@ def _sample(n: int, seed: int, ties: bool = False) -> tuple[np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ranking_metrics_match_scikit_learn(seed: int, ties: bool) -> None:
+def test_curves_agree_with_their_areas(seed: int, ties: bool) -> None:
+    # The curves as the plots and KS read them: ROC from (0, 0), PR highest threshold first.
     y, p = _sample(3000, seed, ties)
-    assert auc_roc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
-    assert average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
-    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
-    assert ks_statistic(y, p) == pytest.approx(float(np.max(tpr - fpr)), abs=1e-12)
-    curve = roc_curve(y, p)
-    assert np.trapezoid(curve.y, curve.x) == pytest.approx(auc_roc(y, p), abs=1e-12)
+    roc = roc_curve(y, p)
+    assert (roc.x[0], roc.y[0], roc.x[-1], roc.y[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.trapezoid(roc.y, roc.x) == pytest.approx(auc_roc(y, p), abs=1e-12)
+    pr = pr_curve(y, p)
+    assert len(pr.x) == len(np.unique(p)) and pr.x[-1] == 1.0
+    assert (np.diff(pr.x) >= 0).all()
+    # Average precision is Σ (recall step) × precision along the curve.
+    steps = np.diff(np.r_[0.0, pr.x])
+    assert float(np.sum(steps * pr.y)) == pytest.approx(average_precision(y, p), abs=1e-12)
+    assert ks_statistic(y, p) == pytest.approx(float(np.max(roc.y - roc.x)), abs=1e-12)
 
 
-def test_probability_metrics_match_scikit_learn() -> None:
+def test_probability_metrics() -> None:
     y, p = _sample(2000, 3)
-    assert brier_score(y, p) == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
-    assert log_loss(y, p) == pytest.approx(skm.log_loss(y, p), abs=1e-12)
+    assert brier_score(y, p) == pytest.approx(float(np.mean((p - y) ** 2)), abs=1e-12)
+    assert log_loss(y, p) == pytest.approx(
+        float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))), abs=1e-12)
+    # A certain, wrong forecast costs -ln(1e-15) (Spark's clipping too), not infinity.
+    certain = log_loss(np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+    assert certain == pytest.approx(-np.log(1e-15) / 2)
     assert gini(0.75) == pytest.approx(0.5)
+
+
+def test_serving_imports_no_scikit_learn() -> None:
+    # The serving image has no scikit-learn: nothing it imports may pull in the metrics module.
+    code = (
+        "import sys\n"
+        "import src.serving.app, src.serving.model_store, src.core.bundle, src.core.scorecard\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'pyspark'))\n"
+        "assert not bad and 'src.core.metrics' not in sys.modules, bad[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_hand_computed_small_case() -> None:

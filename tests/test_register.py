@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from src.agents.registry_agent import CHALLENGER, CHAMPION, RegistryAgent
+from src.agents.registry_agent import CHALLENGER, CHAMPION, Floor, RegistryAgent, decide
 from src.contracts import (
     EvaluateResult,
     RegisterRequest,
@@ -29,6 +29,7 @@ from src.contracts import (
     TrainUnsupResult,
 )
 from src.core.bundle import (
+    CALIBRATION_FILE,
     CARD_FILE,
     MODEL_FILE,
     SEGMENTATION_FILE,
@@ -39,6 +40,7 @@ from src.core.bundle import (
 )
 from src.core.raw_schema import KEY_COLUMN
 from src.pipelines.registry.client import Registry
+from src.pipelines.training.references import SUB_GRADE_REFERENCE
 from src.utils.config import RetryConfig
 from src.utils.errors import PermanentError, TransientError
 from src.utils.tracking import TRACKING_URI_ENV
@@ -46,10 +48,13 @@ from tests.mlflow_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 
-# This module's registered models and bundles, inside the session's trained project.
+# This module's registered models and bundles, inside the session's trained project. The
+# sub_grade floor is off for the plumbing tests (small models may not beat the lender's grade);
+# test_below_the_floor_is_challenger_only turns it on.
 REGISTER: dict[str, Any] = {
     "model_name": "register-test-embedded",
     "bundle_dir": "models/register_test/bundle",
+    "floor_reference": None,
 }
 ONNX_PARITY = 1e-5
 # A server that is up at once: a handful of quick tries; one that comes up late: ~60 s of tries
@@ -204,13 +209,16 @@ def test_first_version_is_champion_and_its_bundle_scores_like_spark(
     assert first.champion_score is None and "first champion" in first.decision
     assert first.onnx_max_abs_diff <= ONNX_PARITY
     evaluation = upstream.evaluate.evaluations[best]
-    # The registry's score is the evaluation's metric, recomputed on the ONNX (float32) scores.
-    assert first.score == pytest.approx(getattr(evaluation, upstream.evaluate.primary_metric),
-                                        abs=1e-3)
+    # The registry's score is the evaluation's validation metric, recomputed on the calibrated
+    # ONNX scores of the same validation loans; test never enters the comparison.
+    assert first.scored_on == "validation" and evaluation.validation is not None
+    assert first.score == pytest.approx(
+        getattr(evaluation.validation, upstream.evaluate.primary_metric), abs=1e-3)
 
     Registry(cfg).connect()
     bundle = load_bundle(f"models:/{cfg.registry.model_name}@{CHAMPION}")
-    for name in (MODEL_FILE, SPEC_FILE, SEGMENTATION_FILE, SERVING_FILE, CARD_FILE):
+    for name in (MODEL_FILE, SPEC_FILE, SEGMENTATION_FILE, SERVING_FILE, CARD_FILE,
+                 CALIBRATION_FILE):
         assert (bundle.path / name).is_file(), name
     assert (bundle.spark_model_path / "stages").is_dir()
     # Unchanged copies of the trainer's spec and the serving segmentation's parameters.
@@ -229,12 +237,18 @@ def test_first_version_is_champion_and_its_bundle_scores_like_spark(
     assert serving["feature_spec_sha256"] == bundle.feature_spec().sha256()
     assert serving["onnx_output"] == "probability"
     assert bundle.features == bundle.feature_spec().features
+    # The trainer's calibration table, unchanged (identity when train_sup fitted none).
+    calibration = getattr(trained, "calibration", None)
+    assert bundle.calibration.method == ("identity" if calibration is None else
+                                         json.loads(cfg.path(calibration.path).read_text())["method"])
+    assert serving["calibration_sha256"] is not None
 
-    # The downloaded ONNX + the spec in numpy score every test loan as the Spark model does.
+    # The downloaded ONNX + the spec in numpy + the calibration table score every test loan as
+    # the Spark model and the same table do.
     frame = _spark_probabilities(spark, bundle.spark_model_path, cfg.path(upstream.split.test.path))
     inputs = bundle.spec_inputs()
     onnx_p = bundle.score_records(frame[inputs].to_dict("records"))
-    diff = np.abs(onnx_p - frame["_p"].to_numpy())
+    diff = np.abs(onnx_p - bundle.calibration.apply(frame["_p"].to_numpy()))
     print(f"{best}: ONNX vs Spark on {len(diff)} test loans, max |diff| {diff.max():.2e}")
     assert diff.max() <= ONNX_PARITY
 
@@ -257,6 +271,10 @@ def test_first_version_is_champion_and_its_bundle_scores_like_spark(
     for segment in seg.segments:
         assert f"| {segment.band} |" in card
     assert "Known limits" in card and "Synthetic data" not in card
+    # Every figure says its data: a validation row and a test row per model and reference.
+    for name in upstream.evaluate.evaluations:
+        assert card.count(f"| {name}") >= 2, name
+    assert "| validation |" in card and "| test |" in card
 
 
 def test_bundle_loads_and_predicts_without_pyspark(
@@ -349,6 +367,49 @@ def test_failure_after_version_created_deletes_it(
     monkeypatch.undo()
     assert _versions(cfg) == before
     assert _alias(cfg, CHAMPION) == first.version
+
+
+def test_below_the_floor_is_challenger_only(
+    upstream: Upstream, first: RegisterResult, embedded: None
+) -> None:
+    # A min_delta no model can clear: the floor decides, and says so in tags and card.
+    cfg = upstream.config(floor_reference=SUB_GRADE_REFERENCE, min_delta=1.0)
+    best = upstream.evaluate.best_model
+    result = register(cfg, upstream.request())
+    floor = upstream.evaluate.evaluations[SUB_GRADE_REFERENCE].validation
+    assert floor is not None
+    assert result.alias == CHALLENGER
+    assert result.floor_score == pytest.approx(getattr(floor, upstream.evaluate.primary_metric))
+    assert "sub_grade reference" in result.decision and "never champion" in result.decision
+    assert _alias(cfg, CHAMPION) == first.version
+    version = Registry(cfg).client.get_model_version(cfg.registry.model_name, result.version)
+    assert version.tags["floor_reference"] == SUB_GRADE_REFERENCE
+    assert version.tags["floor_passed"] == "false"
+    assert float(version.tags["floor_score"]) == result.floor_score
+    card = cfg.path(result.model_card).read_text()
+    assert result.decision in card and f"v{result.version} — {best}" in card
+
+
+@pytest.mark.parametrize(
+    ("champion", "floor", "alias", "says"),
+    [
+        (None, None, CHAMPION, "first champion"),
+        (None, 0.29, CHAMPION, "first champion"),
+        (None, 0.299, CHALLENGER, "never champion"),
+        (0.20, 0.31, CHALLENGER, "never champion; v3 stays champion"),
+        (0.20, 0.25, CHAMPION, "beats v3"),
+        (0.299, 0.25, CHALLENGER, "v3 stays champion"),
+    ],
+)
+def test_decide_needs_the_floor_and_the_champion(
+    champion: float | None, floor: float | None, alias: str, says: str
+) -> None:
+    # Score 0.30, min_delta 0.002: 0.299 is within min_delta, 0.29 and 0.25 are not.
+    version = None if champion is None else "3"
+    got, reason = decide("auc_pr", 0.30, version, champion, 0.002,
+                         None if floor is None else Floor(SUB_GRADE_REFERENCE, floor))
+    assert got == alias and says in reason, reason
+    assert "validation auc_pr" in reason
 
 
 # --- a real `mlflow server` ----------------------------------------------------------------------

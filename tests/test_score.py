@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from src.contracts import RegisterResult, ScoreResult
+from src.core.bundle import read_bundle
 from src.core.raw_schema import KEY_COLUMN
+from src.core.scorecard import score_points
 from src.pipelines.scoring.batch import APPROVE, DECLINE, OUTPUT_COLUMNS, score_file
 from src.utils.tracking import TRACKING_URI_ENV
 from tests.test_register import Upstream, register, upstream_of
@@ -93,8 +95,16 @@ def test_real_subsample_one_row_per_loan_with_sparks_probabilities(
     reference["id"] = reference[KEY_COLUMN].str.removeprefix("id:")
     merged = reference.merge(scores, on="id", how="left")
     assert merged["probability_of_default"].notna().all()
-    diff = np.abs(merged["probability_of_default"] - merged["spark_p"])
+    # Calibrated by the bundle's table, as serving and evaluate calibrate.
+    bundle = read_bundle(cfg.path(cfg.registry.bundle_dir))
+    diff = np.abs(merged["probability_of_default"]
+                  - bundle.calibration.apply(merged["spark_p"].to_numpy()))
     assert diff.max() == 0.0, diff.max()
+    points = score_points(scores["probability_of_default"].to_numpy(), cfg.scorecard)
+    assert np.abs(scores["score"].to_numpy() - points).max() <= 1e-9
+    # Higher points, lower risk: the order of the probabilities, reversed.
+    order = np.argsort(scores["probability_of_default"].to_numpy(), kind="stable")
+    assert (np.diff(scores["score"].to_numpy()[order]) <= 1e-9).all()
 
     threshold = float(pd.read_json(cfg.path(cfg.registry.bundle_dir) / "serving.json",
                                    typ="series")["threshold"]["value"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -89,6 +90,19 @@ def test_docs_carry_the_real_example(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_docs_explain_the_calibrated_probability_and_the_score(
+    client: TestClient, serving_bundles: ServingBundles
+) -> None:
+    schema = client.get("/openapi.json").json()
+    fields = schema["components"]["schemas"]["Prediction"]["properties"]
+    assert "calibrat" in fields["probability_of_default"]["description"]
+    assert "points" in fields["score"]["description"] and "double" in fields["score"]["description"]
+    scaling = serving_bundles.cfg.scorecard
+    # The description states the configured scaling, not a copy of the defaults.
+    assert (f"{scaling.base_points:g} points at {scaling.base_odds:g}:1 odds, and every "
+            f"{scaling.pdo:g} points") in " ".join(schema["info"]["description"].split())
+
+
 # --- /predict ------------------------------------------------------------------------------------
 
 
@@ -99,6 +113,11 @@ def test_predict_the_real_application(client: TestClient) -> None:
     p = out["probability_of_default"]
     assert 0 < p < 1 and out["id"] == "1077501"
     assert out["decision"] == ("decline" if p >= out["threshold"] else "approve")
+    # Points of the same probability, as the scorecard module computes them.
+    from src.core.scorecard import score_points
+
+    assert out["score"] == float(score_points(np.array([p]), load_config(REPO / "params.yaml")
+                                              .scorecard)[0])
     assert out["model"] == {"name": "credit-risk-default", "version": "1"}
     assert out["risk_segment"] in {"very_low", "low", "medium", "high", "very_high", "extreme"}
     factors = out["top_factors"]
@@ -505,6 +524,68 @@ def test_onnx_mode_imports_no_pyspark(serving_bundles: ServingBundles) -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+# --- calibration and points ----------------------------------------------------------------------
+
+
+def _calibrated_copy(source: Path, target: Path, table: Any) -> Path:
+    """The bundle at `source` with a calibration table, recorded in serving.json."""
+    from src.core.bundle import CALIBRATION_FILE, calibration_sha256
+
+    shutil.copytree(source, target)
+    (target / CALIBRATION_FILE).write_text(table.model_dump_json(indent=2))
+    serving = json.loads((target / "serving.json").read_text())
+    serving["calibration_sha256"] = calibration_sha256(table)
+    (target / "serving.json").write_text(json.dumps(serving, indent=2))
+    return target
+
+
+def test_a_calibrated_bundle_serves_calibrated_probabilities_and_points(
+    serving_bundles: ServingBundles, tmp_path: Path
+) -> None:
+    from src.core.calibration import Calibration
+    from src.core.scorecard import score_points
+
+    # A steep table, far from the identity: any path that skipped it would show.
+    table = Calibration(boundaries=[0.0, 0.3, 0.5, 0.7, 1.0],
+                        predictions=[0.01, 0.04, 0.12, 0.3, 0.6], fitted_on="test", rows=5)
+    folder = _calibrated_copy(serving_bundles.api_bundle, tmp_path / "calibrated", table)
+    cfg = _config(serving_bundles, top_factors=3)
+    applications = [EXAMPLE_APPLICATION,
+                    {**EXAMPLE_APPLICATION, "int_rate": "7.5%", "sub_grade": "A2", "grade": "A"},
+                    {**EXAMPLE_APPLICATION, "annual_inc": 12000, "dti": 29.0}]
+    answers = {}
+    for name, bundle in (("raw", serving_bundles.api_bundle), ("calibrated", folder)):
+        with TestClient(create_app(cfg, bundle_path=bundle, poll=False)) as test_client:
+            response = test_client.post("/predict/batch", json={"applications": applications})
+            assert response.status_code == 200, response.text
+            answers[name] = response.json()["predictions"]
+    raw = np.array([a["probability_of_default"] for a in answers["raw"]])
+    expected = table.apply(raw)
+    got = np.array([a["probability_of_default"] for a in answers["calibrated"]])
+    print(f"raw {raw.round(4)} → calibrated {got.round(4)}")
+    assert np.abs(got - expected).max() <= 1e-12
+    assert [a["score"] for a in answers["calibrated"]] == score_points(expected,
+                                                                       cfg.scorecard).tolist()
+    for a in answers["calibrated"]:
+        assert a["decision"] == ("decline" if a["probability_of_default"] >= a["threshold"]
+                                 else "approve")
+
+
+def test_a_calibration_table_that_does_not_match_serving_json_is_refused(
+    serving_bundles: ServingBundles, tmp_path: Path
+) -> None:
+    from src.core.bundle import CALIBRATION_FILE, read_bundle
+    from src.core.calibration import Calibration
+    from src.utils.errors import DataError
+
+    table = Calibration(boundaries=[0.0, 1.0], predictions=[0.1, 0.2])
+    folder = _calibrated_copy(serving_bundles.api_bundle, tmp_path / "tampered", table)
+    other = Calibration(boundaries=[0.0, 1.0], predictions=[0.1, 0.3])
+    (folder / CALIBRATION_FILE).write_text(other.model_dump_json())
+    with pytest.raises(DataError, match=r"calibration\.json does not match"):
+        read_bundle(folder)
 
 
 # --- the score command ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""EvaluatorAgent: every trained model and two plain references, judged on the test split.
+"""EvaluatorAgent: every trained model and two plain references, on validation and on test.
 
-Thresholds are chosen on the validation slice of the training split (the trainer's saved
-predictions for the models, the same rows for the references), never on the test split.
+The best model and every threshold are chosen on the validation slice of the training split (the
+trainer's saved predictions for the models, the same rows for the references). The test split is
+scored once and only reported. Model probabilities are calibrated (the model's calibration table
+applied after the classifier), as the registered model serves them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from src.contracts import (
     Interval,
     SegmentationModel,
     SegmentEvaluation,
+    SliceMetrics,
     ThresholdChoice,
     TrainedModel,
 )
@@ -51,6 +54,7 @@ from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.core.segment_params import SegmentParams, assign_segment
 from src.core.thresholds import ThresholdScan, profit_at, scan_thresholds
 from src.pipelines.evaluation import plots
+from src.pipelines.evaluation.calibrated import RAW_PROBABILITY_COLUMN, model_calibration
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.preparation.splitting import split_fit_validation
 from src.pipelines.training.classifiers import PROBABILITY_COLUMN
@@ -76,6 +80,9 @@ STAGE = "evaluate"
 TREE_MODELS = ("random_forest", "gbt")
 BEST_MODEL_KEY = "best_model"
 PRIMARY_METRIC_KEY = "primary_metric"
+SELECTED_ON_KEY = "selected_on"
+# The data the best model is chosen on; test is only reported.
+SELECTED_ON = "validation"
 SEGMENTS_KEY = "segments"
 # Kept apart from the trainer's test_* metrics (its AUC-PR: Spark's trapezoid; ours: avg precision).
 TRAINING_RUN_PREFIX = "evaluation.test_"
@@ -92,21 +99,20 @@ class Candidate:
     validation: Scored
     chosen_on: str
     importances: dict[str, float] | None = None
+    calibrated: bool = False
 
 
-def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> Evaluation:
-    """Every test metric of one candidate, at the threshold its validation predictions choose."""
-    y, p = candidate.test.y, candidate.test.p
-    threshold, _ = scan_thresholds(
-        candidate.validation.y, candidate.validation.p, cfg.threshold
-    ).best
+def slice_metrics(
+    scored: Scored, data: Literal["validation", "test"], cfg: EvaluateConfig, seed: int
+) -> SliceMetrics:
+    """Ranking and probability metrics of one candidate on one data set, with 95% intervals."""
+    y, p = scored.y, scored.p
     # One seed for every candidate: the same resamples, so intervals compare like with like.
     boot = bootstrap_intervals(y, p, cfg.bootstrap_samples, seed)
     auc = auc_roc(y, p)
-    confusion = confusion_at(y, p, threshold)
-    return Evaluation(
-        name=candidate.name,
-        kind=candidate.kind,
+    return SliceMetrics(
+        data=data,
+        rows=int(y.size),
         auc_roc=auc,
         auc_roc_ci=Interval(low=boot.auc_roc[0], high=boot.auc_roc[1]),
         auc_pr=average_precision(y, p),
@@ -116,6 +122,22 @@ def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> 
         brier=brier_score(y, p),
         log_loss=log_loss(y, p),
         calibration_error=expected_calibration_error(y, p, cfg.calibration_bins),
+    )
+
+
+def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> Evaluation:
+    """Test metrics (reported) and validation metrics (selection) of one candidate, at the
+    threshold its validation predictions choose."""
+    y, p = candidate.test.y, candidate.test.p
+    threshold, _ = scan_thresholds(
+        candidate.validation.y, candidate.validation.p, cfg.threshold
+    ).best
+    test = slice_metrics(candidate.test, "test", cfg, seed)
+    confusion = confusion_at(y, p, threshold)
+    return Evaluation(
+        name=candidate.name,
+        kind=candidate.kind,
+        **test.model_dump(exclude={"data", "rows"}),
         threshold=ThresholdChoice(
             rule=cfg.threshold.rule, value=threshold, chosen_on=candidate.chosen_on
         ),
@@ -125,23 +147,35 @@ def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> 
         confusion=ConfusionMatrix(
             tn=confusion.tn, fp=confusion.fp, fn=confusion.fn, tp=confusion.tp
         ),
+        validation=slice_metrics(candidate.validation, "validation", cfg, seed),
+        calibrated=candidate.calibrated,
     )
 
 
-def flat_metrics(evaluation: Evaluation, profit_per_loan: float) -> dict[str, float]:
-    """The numbers of one evaluation as one flat mapping (metrics.json, MLflow)."""
+def _flat_ranking(m: SliceMetrics | Evaluation) -> dict[str, float]:
     return {
-        "auc_roc": evaluation.auc_roc,
-        "auc_roc_low": evaluation.auc_roc_ci.low,
-        "auc_roc_high": evaluation.auc_roc_ci.high,
-        "auc_pr": evaluation.auc_pr,
-        "auc_pr_low": evaluation.auc_pr_ci.low,
-        "auc_pr_high": evaluation.auc_pr_ci.high,
-        "ks": evaluation.ks,
-        "gini": evaluation.gini,
-        "brier": evaluation.brier,
-        "log_loss": evaluation.log_loss,
-        "calibration_error": evaluation.calibration_error,
+        "auc_roc": m.auc_roc,
+        "auc_roc_low": m.auc_roc_ci.low,
+        "auc_roc_high": m.auc_roc_ci.high,
+        "auc_pr": m.auc_pr,
+        "auc_pr_low": m.auc_pr_ci.low,
+        "auc_pr_high": m.auc_pr_ci.high,
+        "ks": m.ks,
+        "gini": m.gini,
+        "brier": m.brier,
+        "log_loss": m.log_loss,
+        "calibration_error": m.calibration_error,
+    }
+
+
+def flat_metrics(evaluation: Evaluation, profit_per_loan: float) -> dict[str, dict[str, float]]:
+    """The numbers of one evaluation by data set, `validation` and `test` (metrics.json, MLflow).
+
+    The threshold is chosen on validation; the decision figures at it are on test.
+    """
+    test = {
+        "rows": evaluation.test_metrics().rows,
+        **_flat_ranking(evaluation),
         "threshold": evaluation.threshold.value,
         "precision": evaluation.precision,
         "recall": evaluation.recall,
@@ -149,14 +183,28 @@ def flat_metrics(evaluation: Evaluation, profit_per_loan: float) -> dict[str, fl
         "profit_per_loan": profit_per_loan,
         **evaluation.confusion.model_dump(),
     }
+    v = evaluation.validation
+    validation = {} if v is None else {"rows": v.rows, **_flat_ranking(v),
+                                       "threshold": evaluation.threshold.value}
+    return {"validation": validation, "test": test}
+
+
+def selection_score(evaluation: Evaluation, metric: str) -> float:
+    """`metric` of an evaluation on the validation slice: what selection and the floor compare."""
+    if evaluation.validation is None:
+        raise DataError(f"evaluate: {evaluation.name} has no validation metrics")
+    return float(getattr(evaluation.validation, metric))
 
 
 def best_model(evaluations: dict[str, Evaluation], metric: str) -> str:
-    """Name of the model (references excluded) with the highest `metric`; ties go to the name."""
+    """The model (references excluded) with the highest validation `metric`; ties go to the name.
+
+    Never chosen on test: the test figures stay an unbiased report.
+    """
     models = [e for e in evaluations.values() if e.kind == "model"]
     if not models:
         raise DataError("evaluate: no model to choose from")
-    return max(models, key=lambda e: (getattr(e, metric), e.name)).name
+    return max(models, key=lambda e: (selection_score(e, metric), e.name)).name
 
 
 def segment_evaluation(
@@ -265,13 +313,20 @@ class EvaluatorAgent(Agent):
         validation_keys: pd.Series,
     ) -> Candidate:
         pipeline = PipelineModel.load(str(self.cfg.path(model.path.path)))
+        calibration = model_calibration(model, self.cfg.path)
+        saved = spark.read.parquet(str(self.cfg.path(model.validation_predictions.path)))
         validation = (
-            spark.read.parquet(str(self.cfg.path(model.validation_predictions.path)))
-            .select(KEY_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN)
+            saved.select(KEY_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN)
             .withColumnRenamed(PROBABILITY_COLUMN, "p")
             .toPandas()
             .sort_values(KEY_COLUMN, ignore_index=True)
         )
+        # The trainer stores calibrated probabilities beside the raw ones; without a raw column
+        # its `probability` is the classifier's own, calibrated here as for test.
+        if RAW_PROBABILITY_COLUMN not in saved.columns:
+            validation["p"] = calibration.apply(validation["p"].to_numpy(dtype=np.float64))
+        test_scores = self._spark_scores(pipeline, test)
+        test_scores["p"] = calibration.apply(test_scores["p"].to_numpy(dtype=np.float64))
         importances = None
         if model.name in TREE_MODELS:
             spec = FeatureSpec.model_validate_json(
@@ -282,7 +337,7 @@ class EvaluatorAgent(Agent):
         return Candidate(
             name=model.name,
             kind="model",
-            test=self._scored(model.name, "model", test_keys, self._spark_scores(pipeline, test)),
+            test=self._scored(model.name, "model", test_keys, test_scores),
             # The trainer's own validation rows must be the slice the references use.
             validation=self._scored(model.name, "model", validation_keys, validation),
             chosen_on=(
@@ -290,6 +345,7 @@ class EvaluatorAgent(Agent):
                 f"{model.validation_predictions.path})"
             ),
             importances=importances,
+            calibrated=calibration.method != "identity",
         )
 
     def _reference_candidates(
@@ -334,7 +390,7 @@ class EvaluatorAgent(Agent):
     # --- the stage -------------------------------------------------------------------------------
 
     def evaluate(self, request: EvaluateRequest) -> EvaluateResult:
-        """Score every model and reference on the test split; write metrics.json and the plots."""
+        """Score every model and reference on validation and test; write metrics.json, plots."""
         started = time.perf_counter()
         serving = self._check(request)
         params = SegmentParams.model_validate_json(
@@ -382,10 +438,15 @@ class EvaluatorAgent(Agent):
         cfg = self.cfg.evaluate
         evaluations = {c.name: evaluate_candidate(c, cfg, self.cfg.seed) for c in candidates}
         for e in evaluations.values():
-            log.info("evaluate.candidate", name=e.name, kind=e.kind, auc_roc=round(e.auc_roc, 4),
-                     auc_roc_ci=[round(e.auc_roc_ci.low, 4), round(e.auc_roc_ci.high, 4)],
-                     auc_pr=round(e.auc_pr, 4), ks=round(e.ks, 4), brier=round(e.brier, 4),
-                     threshold=round(e.threshold.value, 4), recall=round(e.recall, 4))
+            log.info("evaluate.candidate", name=e.name, kind=e.kind, calibrated=e.calibrated,
+                     validation_auc_roc=round(selection_score(e, "auc_roc"), 4),
+                     validation_auc_pr=round(selection_score(e, "auc_pr"), 4),
+                     validation_ece=round(selection_score(e, "calibration_error"), 4),
+                     test_auc_roc=round(e.auc_roc, 4),
+                     test_auc_roc_ci=[round(e.auc_roc_ci.low, 4), round(e.auc_roc_ci.high, 4)],
+                     test_auc_pr=round(e.auc_pr, 4), test_ks=round(e.ks, 4),
+                     test_brier=round(e.brier, 4), test_ece=round(e.calibration_error, 4),
+                     threshold=round(e.threshold.value, 4), test_recall=round(e.recall, 4))
         best = best_model(evaluations, cfg.primary_metric)
         by_name = {c.name: c for c in candidates}
         band_order = [s.band for s in serving.segments]
@@ -398,16 +459,20 @@ class EvaluatorAgent(Agent):
             **flat,
             BEST_MODEL_KEY: best,
             PRIMARY_METRIC_KEY: cfg.primary_metric,
+            SELECTED_ON_KEY: SELECTED_ON,
             SEGMENTS_KEY: {s.band: s.model_dump(exclude={"band"}) for s in segments},
         })
         plot_paths = self._plots(candidates, evaluations, best, segments)
         self._track(request, flat, best, plot_paths, metrics_path, experiment_id)
         log.info("evaluate.done", best_model=best, primary_metric=cfg.primary_metric,
-                 score=round(getattr(evaluations[best], cfg.primary_metric), 4),
+                 selected_on=SELECTED_ON,
+                 validation_score=round(selection_score(evaluations[best], cfg.primary_metric), 4),
+                 test_score=round(getattr(evaluations[best], cfg.primary_metric), 4),
                  plots=len(plot_paths), seconds=round(time.perf_counter() - started, 3))
         return EvaluateResult(
             primary_metric=cfg.primary_metric,
             best_model=best,
+            selected_on=SELECTED_ON,
             evaluations=evaluations,
             segments=segments,
             metrics_file=Artifact(path=self._relative(metrics_path),
@@ -458,7 +523,7 @@ class EvaluatorAgent(Agent):
     def _track(
         self,
         request: EvaluateRequest,
-        flat: dict[str, dict[str, float]],
+        flat: dict[str, dict[str, dict[str, float]]],
         best: str,
         plot_paths: list[Path],
         metrics_path: Path,
@@ -476,11 +541,13 @@ class EvaluatorAgent(Agent):
                 "calibration_bins": cfg.calibration_bins,
                 "seed": self.cfg.seed,
                 "test_data_sha256": request.test.sha256,
+                SELECTED_ON_KEY: SELECTED_ON,
                 "train_data_sha256": request.train_sup.train_data_sha256,
             })
             mlflow.log_metrics({
-                f"{name}.{key}": float(value)
-                for name, values in flat.items()
+                f"{name}.{data}.{key}": float(value)
+                for name, by_data in flat.items()
+                for data, values in by_data.items()
                 for key, value in values.items()
             })
             mlflow.log_artifact(str(metrics_path))
@@ -490,7 +557,7 @@ class EvaluatorAgent(Agent):
         now = int(time.time() * 1000)
         for name, model in request.train_sup.models.items():
             metrics = [Metric(f"{TRAINING_RUN_PREFIX}{k}", float(v), now, 0)
-                       for k, v in flat[name].items()]
+                       for k, v in flat[name]["test"].items()]
             try:
                 client.log_batch(model.run_id, metrics=metrics)
                 client.set_tag(model.run_id, "evaluation_run_id", run.info.run_id)

@@ -1,11 +1,16 @@
 """RegistryAgent: the evaluated best model → verified ONNX bundle → MLflow model version + alias.
 
 Order of work, so that nothing is half-registered:
-1. export the classifier to ONNX and check it against Spark on the test split (no registry yet);
-2. score the current champion's own bundle on the same test split;
+1. export the classifier to ONNX and check it against Spark, both calibrated, on the validation
+   slice of the training split (no registry yet);
+2. score the current champion's own bundle on the same validation rows: the gate never sees test;
 3. log the bundle in a new run, create the version, add serving.json + model card, tag, verify
    the download, set the alias — any failure after the version exists deletes it again;
 4. write the same bundle to `register.bundle_dir`.
+
+A version becomes champion only if it also beats the lender's own grade (evaluate's
+`ref_sub_grade` reference, `register.floor_reference`, on the same validation rows) by
+`min_delta`; otherwise it is a challenger.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from src.contracts import (
     TrainedModel,
 )
 from src.core.bundle import (
+    CALIBRATION_FILE,
     CARD_FILE,
     MODEL_FILE,
     ONNX_INPUT,
@@ -43,12 +49,15 @@ from src.core.bundle import (
     SPARK_DIR,
     SPEC_FILE,
     ServingInfo,
+    calibration_sha256,
     file_sha256,
     read_bundle,
 )
+from src.core.calibration import Calibration
 from src.core.feature_spec import FeatureSpec, transform_records
 from src.core.metrics import ranking_metric
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.pipelines.evaluation.calibrated import model_calibration
 from src.pipelines.export.onnx_export import (
     Parity,
     ScoredTest,
@@ -57,6 +66,7 @@ from src.pipelines.export.onnx_export import (
     export_classifier,
     score_test_with_spark,
 )
+from src.pipelines.preparation.splitting import split_fit_validation
 from src.pipelines.registry.client import Registry, short_error
 from src.pipelines.registry.model_card import ModelCardInput, render_model_card
 from src.utils.atomic import atomic_path
@@ -75,6 +85,8 @@ STAGE = "register"
 # Packages the ONNX flavour needs; explicit so MLflow does not spend seconds inferring them.
 ONNX_PACKAGES = ("onnx", "onnxruntime", "numpy")
 REPORTED_METRICS = ("auc_roc", "auc_pr", "ks", "gini", "brier", "log_loss", "calibration_error")
+# The data the registry compares versions on.
+SCORED_ON = "validation"
 # Model version descriptions are bounded in the registry's database.
 DESCRIPTION_CHARS = 4000
 
@@ -93,26 +105,71 @@ def _signature(n_features: int) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Floor:
+    """The reference a champion must beat on validation, and its score there."""
+
+    name: str
+    score: float
+
+    def passed(self, score: float, min_delta: float) -> bool:
+        """True when `score` beats the floor by at least min_delta."""
+        return score - self.score >= min_delta
+
+
+def calibrated_parity(parity: Parity, scored: ScoredTest, calibration: Calibration) -> Parity:
+    """ONNX against Spark after both went through the calibration table, as they are served."""
+    onnx_p = calibration.apply(parity.onnx_probability)
+    diff = np.abs(onnx_p - calibration.apply(scored.spark_probability))
+    # The raw difference counts too: a flat stretch of the table must not hide a broken export.
+    diff = np.maximum(diff, np.abs(parity.onnx_probability - scored.spark_probability))
+    worst = int(diff.argmax()) if len(diff) else None
+    return Parity(
+        rows=len(diff),
+        max_abs_diff=float(diff.max()) if len(diff) else 0.0,
+        worst_key=scored.keys[worst] if worst is not None else None,
+        onnx_probability=onnx_p,
+    )
+
+
 def decide(
     metric: str, score: float, champion_version: str | None, champion_score: float | None,
-    min_delta: float,
+    min_delta: float, floor: Floor | None = None,
 ) -> tuple[str, str]:
-    """(alias, reason): champion when first or better by ≥ min_delta, else challenger."""
+    """(alias, reason): champion when it beats the floor and is first or better by ≥ min_delta.
+
+    Every score is on the validation slice; below the floor a version is challenger whatever
+    the champion's score.
+    """
+    where = f"validation {metric}"
+    if floor is not None and not floor.passed(score, min_delta):
+        stays = f"v{champion_version} stays champion" if champion_version else "no champion"
+        return CHALLENGER, (
+            f"challenger: {where} {score:.4f} does not beat the {floor.name} reference's "
+            f"{floor.score:.4f} by min_delta {min_delta} ({score - floor.score:+.4f}); the "
+            f"lender's grade is the floor, so this version is never champion; {stays}"
+        )
+    beats = (
+        f"; beats the {floor.name} reference's {floor.score:.4f} by {score - floor.score:+.4f}"
+        if floor is not None else ""
+    )
     if champion_version is None:
-        return CHAMPION, f"first champion: no version held '{CHAMPION}'; {metric} {score:.4f}"
+        return CHAMPION, (
+            f"first champion: no version held '{CHAMPION}'; {where} {score:.4f}{beats}"
+        )
     if champion_score is None:
         return CHAMPION, (
-            f"champion: v{champion_version} could not be scored on the current test split; "
-            f"{metric} {score:.4f}"
+            f"champion: v{champion_version} could not be scored on the validation slice; "
+            f"{where} {score:.4f}{beats}"
         )
     delta = score - champion_score
     if delta >= min_delta:
         return CHAMPION, (
-            f"champion: {metric} {score:.4f} beats v{champion_version}'s {champion_score:.4f} "
-            f"by {delta:+.4f} (min_delta {min_delta})"
+            f"champion: {where} {score:.4f} beats v{champion_version}'s {champion_score:.4f} "
+            f"by {delta:+.4f} (min_delta {min_delta}){beats}"
         )
     return CHALLENGER, (
-        f"challenger: {metric} {score:.4f} vs v{champion_version}'s {champion_score:.4f} "
+        f"challenger: {where} {score:.4f} vs v{champion_version}'s {champion_score:.4f} "
         f"({delta:+.4f} < min_delta {min_delta}); v{champion_version} stays champion"
     )
 
@@ -133,6 +190,8 @@ class Candidate:
     decision: str
     champion_version: str | None
     champion_score: float | None
+    floor: Floor | None
+    calibration: Calibration
 
 
 class RegistryAgent(Agent):
@@ -182,6 +241,33 @@ class RegistryAgent(Agent):
         except (StaleUpstreamError, KeyError):
             return None
 
+    def _validation_slice(self, spark: Any, request: RegisterRequest) -> Any:
+        """The validation slice of the training split: the rows evaluate selected on."""
+        path = self.cfg.path(self.cfg.split.train_path)
+        if not path.exists():
+            raise StaleUpstreamError(f"register: the training split {path} is missing")
+        if content_hash(path) != request.train_sup.train_data_sha256:
+            raise StaleUpstreamError(
+                f"register: the training split {path} changed since train_sup ran"
+            )
+        _, validation = split_fit_validation(
+            spark.read.parquet(str(path)), self.cfg.train.validation_fraction, self.cfg.seed
+        )
+        return validation
+
+    def _floor(self, request: RegisterRequest, metric: str) -> Floor | None:
+        """The floor reference's validation score from evaluate (same rows, same metric code)."""
+        name = self.cfg.registry.floor_reference
+        if name is None:
+            return None
+        reference = request.evaluate.evaluations.get(name)
+        if reference is None or reference.kind != "reference" or reference.validation is None:
+            raise PermanentError(
+                f"register: evaluate has no validation metrics of the floor reference '{name}'; "
+                "rerun 'evaluate'"
+            )
+        return Floor(name=name, score=float(getattr(reference.validation, metric)))
+
     def _load_model(self, trained: TrainedModel) -> tuple[PipelineModel, FeatureSpec, Path, Path]:
         model_dir = self._checked(trained.path, f"{trained.name} model")
         spec_path = self._checked(trained.feature_spec, f"{trained.name} feature spec")
@@ -204,13 +290,14 @@ class RegistryAgent(Agent):
         started = time.perf_counter()
         spark = get_spark(self.cfg.spark)
         pipeline, spec, model_dir, spec_path = self._load_model(trained)
+        calibration = model_calibration(trained, self.cfg.path)
         segments_path = self._checked(segmentation.params_file, "segmentation parameters")
-        test_df = spark.read.parquet(str(self._checked(request.test, "test split")))
-        # Every column of the test split travels with the records: the champion's spec may read
-        # inputs this spec does not.
-        columns = [c for c in test_df.columns if c not in (KEY_COLUMN, LABEL_COLUMN)]
-        test = score_test_with_spark(pipeline, spec, test_df, columns)
-        log.info("register.test_scored", model=name, rows=len(test.keys),
+        validation_df = self._validation_slice(spark, request)
+        # Every column travels with the records: the champion's spec may read inputs this spec
+        # does not.
+        columns = [c for c in validation_df.columns if c not in (KEY_COLUMN, LABEL_COLUMN)]
+        validation = score_test_with_spark(pipeline, spec, validation_df, columns)
+        log.info("register.validation_scored", model=name, rows=len(validation.keys),
                  seconds=round(time.perf_counter() - started, 3))
 
         started = time.perf_counter()
@@ -218,18 +305,20 @@ class RegistryAgent(Agent):
             spark, pipeline, len(spec.features), f"{reg.model_name}-{name}"
         )
         export_s = round(time.perf_counter() - started, 3)
-        parity = check_parity(onnx_model, spec, test)
-        log.info("register.onnx_parity", model=name, rows=parity.rows,
-                 max_abs_diff=parity.max_abs_diff, worst_key=parity.worst_key,
-                 tolerance=reg.onnx_tolerance, export_s=export_s)
+        parity = calibrated_parity(check_parity(onnx_model, spec, validation), validation,
+                                   calibration)
+        log.info("register.onnx_parity", model=name, rows=parity.rows, data=SCORED_ON,
+                 calibration=calibration.method, max_abs_diff=parity.max_abs_diff,
+                 worst_key=parity.worst_key, tolerance=reg.onnx_tolerance, export_s=export_s)
         if not parity.max_abs_diff <= reg.onnx_tolerance:
             raise PermanentError(
                 f"register: ONNX export of {name} differs from Spark by {parity.max_abs_diff:.3e} "
-                f"(loan {parity.worst_key}) on {parity.rows} test loans, above "
+                f"(loan {parity.worst_key}) on {parity.rows} validation loans, above "
                 f"register.onnx_tolerance {reg.onnx_tolerance:.1e}; nothing was registered"
             )
         metric = request.evaluate.primary_metric
-        score = ranking_metric(metric, test.labels, parity.onnx_probability)
+        score = ranking_metric(metric, validation.labels, parity.onnx_probability)
+        floor = self._floor(request, metric)
 
         with tempfile.TemporaryDirectory(prefix="register-") as scratch:
             work = Path(scratch)
@@ -237,24 +326,29 @@ class RegistryAgent(Agent):
             self._stage(
                 staging, onnx_model, model_dir, spec_path, segments_path, len(spec.features)
             )
+            (staging / CALIBRATION_FILE).write_text(calibration.model_dump_json(indent=2) + "\n")
             registry = Registry(self.cfg)
             registry.connect()
             champion = registry.alias_version(reg.model_name, CHAMPION)
             champion_version = str(champion.version) if champion is not None else None
             champion_score = (
-                self._champion_score(registry, champion_version, metric, test, work)
+                self._champion_score(registry, champion_version, metric, validation, work)
                 if champion_version
                 else None
             )
-            alias, decision = decide(metric, score, champion_version, champion_score, reg.min_delta)
+            alias, decision = decide(
+                metric, score, champion_version, champion_score, reg.min_delta, floor
+            )
             log.info("register.decision", model=name, alias=alias, metric=metric, score=score,
-                     champion_version=champion_version, champion_score=champion_score,
-                     min_delta=reg.min_delta, decision=decision)
+                     scored_on=SCORED_ON, champion_version=champion_version,
+                     champion_score=champion_score, floor=floor.name if floor else None,
+                     floor_score=floor.score if floor else None, min_delta=reg.min_delta,
+                     decision=decision)
             candidate = Candidate(
                 request=request, trained=trained, evaluation=evaluation,
                 segmentation=segmentation, spec=spec, parity=parity, metric=metric, score=score,
                 alias=alias, decision=decision, champion_version=champion_version,
-                champion_score=champion_score,
+                champion_score=champion_score, floor=floor, calibration=calibration,
             )
             version = self._publish(registry, candidate, staging)
             bundle_dir = self.cfg.path(reg.bundle_dir)
@@ -269,6 +363,8 @@ class RegistryAgent(Agent):
             decision=decision,
             score=score,
             champion_score=champion_score,
+            scored_on=SCORED_ON,
+            floor_score=floor.score if floor else None,
             previous_champion_version=champion_version,
             onnx_max_abs_diff=parity.max_abs_diff,
             bundle=Artifact(path=self._relative(bundle_dir), sha256=content_hash(bundle_dir)),
@@ -317,14 +413,15 @@ class RegistryAgent(Agent):
             train_data_sha256=request.train_sup.train_data_sha256,
             feature_spec_sha256=spec.sha256(),
             training_run_id=trained.run_id,
+            calibration_sha256=calibration_sha256(c.calibration),
         )
 
     # --- champion --------------------------------------------------------------------------------
 
     def _champion_score(
-        self, registry: Registry, version: str, metric: str, test: ScoredTest, work: Path
+        self, registry: Registry, version: str, metric: str, rows: ScoredTest, work: Path
     ) -> float | None:
-        """The champion's own bundle (its spec, its ONNX) on today's test split."""
+        """The champion's own bundle (its spec, ONNX, calibration) on today's validation rows."""
         name = self.cfg.registry.model_name
         try:
             local = registry.download(f"models:/{name}/{version}", work / "champion")
@@ -332,14 +429,15 @@ class RegistryAgent(Agent):
         except DataError as exc:
             log.warning("register.champion_unreadable", version=version, error=short_error(exc))
             return None
-        available = set(test.records[0]) if test.records else set()
+        available = set(rows.records[0]) if rows.records else set()
         absent = [c for c in bundle.spec_inputs() if c not in available]
         if absent:
             log.warning("register.champion_inputs_absent", version=version, columns=absent,
                         effect="scored with these inputs imputed, as serving would")
         champion_spec = FeatureSpec.model_validate(bundle.spec_json)
-        probabilities = bundle.predict_proba(transform_records(champion_spec, test.records))
-        score = ranking_metric(metric, test.labels, probabilities)
+        # Calibrated by the champion's own table (identity for bundles without one).
+        probabilities = bundle.predict_proba(transform_records(champion_spec, rows.records))
+        score = ranking_metric(metric, rows.labels, probabilities)
         log.info("register.champion_scored", version=version, metric=metric, score=score,
                  source_model=bundle.serving.source_model)
         return score
@@ -361,13 +459,23 @@ class RegistryAgent(Agent):
             "threshold_rule": evaluation.threshold.rule,
             "onnx_max_abs_diff": repr(c.parity.max_abs_diff),
             "primary_metric": c.metric,
+            "scored_on": SCORED_ON,
             "score": repr(c.score),
             "champion_score": repr(c.champion_score) if c.champion_score is not None else "none",
             "previous_champion_version": c.champion_version or "none",
             "alias_at_registration": c.alias,
             "decision": c.decision,
+            "floor_reference": c.floor.name if c.floor else "none",
+            "floor_score": repr(c.floor.score) if c.floor else "none",
+            "floor_passed": str(c.floor is None
+                                or c.floor.passed(c.score, self.cfg.registry.min_delta)).lower(),
+            "calibration": c.calibration.method,
         }
+        # metric.* are test figures (reported only); validation_metric.* what selection saw.
         tags.update({f"metric.{m}": repr(getattr(evaluation, m)) for m in REPORTED_METRICS})
+        if evaluation.validation is not None:
+            tags.update({f"validation_metric.{m}": repr(getattr(evaluation.validation, m))
+                         for m in REPORTED_METRICS})
         tags.update({f"param.{k}": str(v) for k, v in trained.params.items()})
         return tags
 
@@ -386,7 +494,11 @@ class RegistryAgent(Agent):
                 metrics={"score": c.score, "onnx_max_abs_diff": c.parity.max_abs_diff,
                          **({"champion_score": c.champion_score}
                             if c.champion_score is not None else {}),
-                         **{f"test_{m}": getattr(c.evaluation, m) for m in REPORTED_METRICS}},
+                         **({"floor_score": c.floor.score} if c.floor is not None else {}),
+                         **{f"test_{m}": getattr(c.evaluation, m) for m in REPORTED_METRICS},
+                         **({f"validation_{m}": getattr(c.evaluation.validation, m)
+                             for m in REPORTED_METRICS}
+                            if c.evaluation.validation is not None else {})},
             )
             registry.log_artifacts(run_id, staging, ARTIFACT_PATH)
             registry.ensure_registered_model(name)
@@ -460,6 +572,10 @@ class RegistryAgent(Agent):
                 decision=c.decision,
                 primary_metric=c.metric,
                 score=c.score,
+                floor_reference=c.floor.name if c.floor else None,
+                floor_score=c.floor.score if c.floor else None,
+                min_delta=self.cfg.registry.min_delta,
+                calibration=c.calibration,
                 champion_score=c.champion_score,
                 previous_champion_version=c.champion_version,
                 trained=trained,

@@ -1,6 +1,7 @@
 """The serving bundle: one folder with everything needed to score a loan, without Spark or a JVM.
 
     model.onnx          the champion classifier (input `features`, double [None, n_features])
+    calibration.json    the calibration table applied after the classifier (src/core/calibration)
     feature_spec.json   the trainer's FeatureSpec, unchanged
     segmentation.json   the serving segmentation's segments.json, unchanged (its `model` says
                         kmeans or gmm)
@@ -27,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from src.contracts import Evaluation, ThresholdChoice
+from src.core.calibration import CALIBRATION_FILE, Calibration
 from src.utils.errors import DataError
 
 MODEL_FILE = "model.onnx"
@@ -45,8 +47,10 @@ DEFAULT_CLASS_INDEX = 1
 HOW_TO_READ = (
     f"input '{ONNX_INPUT}': float64 [n, len(features)], columns in "
     "`features` order (the feature spec applied to the loan); P(default) = "
-    f"outputs['{ONNX_PROBABILITY_OUTPUT}'][:, {DEFAULT_CLASS_INDEX}] (column 0 is P(repaid))"
+    f"outputs['{ONNX_PROBABILITY_OUTPUT}'][:, {DEFAULT_CLASS_INDEX}] (column 0 is P(repaid)), "
+    f"then {CALIBRATION_FILE} (numpy.interp over its boundaries) gives the calibrated P(default)"
 )
+IDENTITY = Calibration(method="identity")
 _URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "http://", "https://", "file://")
 
 
@@ -57,9 +61,11 @@ class ServingInfo(BaseModel):
 
     registered_model: str
     version: str
-    source_model: Literal["random_forest", "gbt", "mlp"]
+    source_model: Literal["random_forest", "gbt", "mlp", "logistic", "xgboost"]
     threshold: ThresholdChoice
-    metrics: Evaluation = Field(description="the test-split evaluation of the source model")
+    metrics: Evaluation = Field(
+        description="the source model's evaluation: test figures, and `validation` (selection)"
+    )
     features: list[str] = Field(description="spec.features: the ONNX input's column order")
     trained_at: datetime | None
     train_data_sha256: str
@@ -69,6 +75,10 @@ class ServingInfo(BaseModel):
         default=ONNX_PROBABILITY_OUTPUT, description="name of the [n, 2] probability output"
     )
     onnx_output_how_to_read: str = HOW_TO_READ
+    calibration_sha256: str | None = Field(
+        default=None,
+        description=f"sha256 of {CALIBRATION_FILE}; none for bundles registered before it existed",
+    )
 
 
 
@@ -76,6 +86,11 @@ def canonical_sha256(document: Mapping[str, Any]) -> str:
     """SHA-256 of a JSON document in sorted-key compact form: FeatureSpec.sha256, no pydantic."""
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def calibration_sha256(calibration: Calibration) -> str:
+    """SHA-256 of a calibration table's canonical JSON (what serving.json records)."""
+    return canonical_sha256(calibration.model_dump(mode="json"))
 
 
 def file_sha256(path: Path) -> str:
@@ -101,6 +116,7 @@ class Bundle:
     serving: ServingInfo
     spec_json: dict[str, Any]
     segmentation_json: dict[str, Any]
+    calibration: Calibration = IDENTITY
     _session: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -146,10 +162,14 @@ class Bundle:
         return self._session
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
-        """P(default) of each row of a spec feature matrix (rows × spec.features), as float64 (n,).
+        """Calibrated P(default) of each row of a spec feature matrix, as float64 (n,).
 
         One value per row, not sklearn's two columns: the class-0 column is 1 − this.
         """
+        return self.calibration.apply(self.raw_proba(matrix))
+
+    def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
+        """The classifier's own P(default) of each row, before calibration, as float64 (n,)."""
         x = np.asarray(matrix, dtype=input_dtype(self.session()))
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(
@@ -212,7 +232,23 @@ def read_bundle(path: Path) -> Bundle:
         serving=serving,
         spec_json=spec_json,
         segmentation_json=_read_json(path / SEGMENTATION_FILE),
+        calibration=_read_calibration(path, serving),
     )
+
+
+def _read_calibration(path: Path, serving: ServingInfo) -> Calibration:
+    """The bundle's calibration table; identity only for bundles that never had one."""
+    if serving.calibration_sha256 is None:
+        return IDENTITY
+    try:
+        calibration = Calibration.model_validate(_read_json(path / CALIBRATION_FILE))
+    except ValueError as exc:
+        raise DataError(f"bundle {path}: {CALIBRATION_FILE} is invalid: {exc}") from exc
+    if calibration_sha256(calibration) != serving.calibration_sha256:
+        raise DataError(
+            f"bundle {path}: {CALIBRATION_FILE} does not match its sha256 in serving.json"
+        )
+    return calibration
 
 
 def is_model_uri(value: str) -> bool:

@@ -1,8 +1,10 @@
-"""Binary classification metrics in numpy: ranking, calibration, a decision threshold, bootstrap.
+"""Binary classification metrics: ranking, calibration, a decision threshold, bootstrap.
 
-Every ranking metric goes through one routine (`_tie_groups` + `_group_weights`) that works on
-case weights, so the point estimate and each bootstrap resample (a vector of resample counts) are
-computed the same way, and many resamples are scored at once as one matrix.
+AUC-ROC, average precision, the ROC and PR curves, Brier and log loss are scikit-learn's. The
+bootstrap stays vectorised: it scores many resamples at once as one matrix of counts per tie group
+(numpy). 500 resamples as 1,000 scikit-learn calls took 20 s on 8,000 loans against 0.33 s here
+(~60×), per data set and candidate; a test checks both agree on explicit resamples.
+Pipeline only: serving must not import this module (its image has no scikit-learn).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn import metrics as skm
 
 from src.utils.errors import PermanentError
 
@@ -101,87 +104,34 @@ def check_inputs(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
-# --- ranking metrics over tie groups -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TieGroups:
-    """Rows sorted by descending score; `starts` opens each group of equal scores."""
-
-    order: np.ndarray
-    starts: np.ndarray
-    scores: np.ndarray
-
-
-def _tie_groups(p: np.ndarray) -> _TieGroups:
-    order = np.argsort(-p, kind="stable")
-    sorted_p = p[order]
-    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
-    return _TieGroups(order=order, starts=starts, scores=sorted_p[starts])
-
-
-def _group_weights(
-    groups: _TieGroups, y: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positive and negative weight of each tie group, one row per weight vector (B × groups)."""
-    w = weights[:, groups.order]
-    y_sorted = y[groups.order]
-    positive = np.add.reduceat(w * y_sorted, groups.starts, axis=1)
-    negative = np.add.reduceat(w * (1.0 - y_sorted), groups.starts, axis=1)
-    return positive, negative
-
-
-def _auc_from_groups(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    # Mann–Whitney: each positive beats the negatives scored below it and half-beats its ties.
-    negatives_above = np.cumsum(negative, axis=1) - negative
-    total_neg = negative.sum(axis=1)
-    below = total_neg[:, None] - negatives_above - negative
-    wins = (positive * (below + 0.5 * negative)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return wins / (positive.sum(axis=1) * total_neg)
-
-
-def _ap_from_groups(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    # scikit-learn's average precision: Σ (recall step) × precision at each distinct threshold.
-    tp = np.cumsum(positive, axis=1)
-    fp = np.cumsum(negative, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        return (positive * precision).sum(axis=1) / positive.sum(axis=1)
-
-
-def _point(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    groups = _tie_groups(p)
-    positive, negative = _group_weights(groups, y, np.ones((1, y.size)))
-    auc = _auc_from_groups(positive, negative)[0]
-    return float(auc), float(_ap_from_groups(positive, negative)[0])
+# --- ranking metrics -----------------------------------------------------------------------------
 
 
 def auc_roc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half), as scikit-learn's roc_auc_score."""
-    return _point(*check_inputs(y, p))[0]
+    """Area under the ROC curve (ties count half): scikit-learn's roc_auc_score."""
+    labels, probs = check_inputs(y, p)
+    return float(skm.roc_auc_score(labels, probs))
 
 
 def average_precision(y: np.ndarray, p: np.ndarray) -> float:
-    """AUC-PR as average precision, as scikit-learn's average_precision_score."""
-    return _point(*check_inputs(y, p))[1]
+    """AUC-PR as average precision: scikit-learn's average_precision_score."""
+    labels, probs = check_inputs(y, p)
+    return float(skm.average_precision_score(labels, probs))
 
 
 def roc_curve(y: np.ndarray, p: np.ndarray) -> Curve:
     """False-positive (x) and true-positive rate (y) at every distinct threshold, from (0, 0)."""
     labels, probs = check_inputs(y, p)
-    positive, negative = _group_weights(_tie_groups(probs), labels, np.ones((1, labels.size)))
-    tpr = np.r_[0.0, np.cumsum(positive[0]) / positive.sum()]
-    fpr = np.r_[0.0, np.cumsum(negative[0]) / negative.sum()]
+    fpr, tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
     return Curve(x=fpr, y=tpr)
 
 
 def pr_curve(y: np.ndarray, p: np.ndarray) -> Curve:
     """Recall (x) and precision (y) at every distinct threshold, highest threshold first."""
     labels, probs = check_inputs(y, p)
-    positive, negative = _group_weights(_tie_groups(probs), labels, np.ones((1, labels.size)))
-    tp, fp = np.cumsum(positive[0]), np.cumsum(negative[0])
-    return Curve(x=tp / positive.sum(), y=tp / (tp + fp))
+    precision, recall, _ = skm.precision_recall_curve(labels, probs)
+    # scikit-learn lists thresholds ascending and appends the (recall 0, precision 1) end point.
+    return Curve(x=recall[-2::-1], y=precision[-2::-1])
 
 
 def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
@@ -199,16 +149,19 @@ def gini(auc: float) -> float:
 
 
 def brier_score(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean squared difference between probability and outcome."""
+    """Mean squared difference between probability and outcome: scikit-learn's brier_score_loss."""
     labels, probs = check_inputs(y, p)
-    return float(np.mean((probs - labels) ** 2))
+    return float(skm.brier_score_loss(labels, probs))
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy with probabilities clipped away from 0 and 1."""
+    """Mean binary cross-entropy (scikit-learn's log_loss), probabilities clipped at LOG_LOSS_EPS.
+
+    Clipped here so a probability of exactly 0 or 1 costs what it costs in Spark's log loss.
+    """
     labels, probs = check_inputs(y, p)
     clipped = np.clip(probs, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
-    return float(-np.mean(labels * np.log(clipped) + (1.0 - labels) * np.log(1.0 - clipped)))
+    return float(skm.log_loss(labels, clipped, labels=[0.0, 1.0]))
 
 
 def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int) -> CalibrationBins:
@@ -243,6 +196,44 @@ def confusion_at(y: np.ndarray, p: np.ndarray, threshold: float) -> Confusion:
         fn=int(np.sum(~declined & defaulted)),
         tp=int(np.sum(declined & defaulted)),
     )
+
+
+# --- ranking metrics of resamples, over tie groups (the bootstrap) -------------------------------
+
+
+@dataclass(frozen=True)
+class _TieGroups:
+    """Rows sorted by descending score; `starts` opens each group of equal scores."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    scores: np.ndarray
+
+
+def _tie_groups(p: np.ndarray) -> _TieGroups:
+    order = np.argsort(-p, kind="stable")
+    sorted_p = p[order]
+    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
+    return _TieGroups(order=order, starts=starts, scores=sorted_p[starts])
+
+
+def _auc_from_groups(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    # Mann–Whitney: each positive beats the negatives scored below it and half-beats its ties.
+    negatives_above = np.cumsum(negative, axis=1) - negative
+    total_neg = negative.sum(axis=1)
+    below = total_neg[:, None] - negatives_above - negative
+    wins = (positive * (below + 0.5 * negative)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (positive.sum(axis=1) * total_neg)
+
+
+def _ap_from_groups(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    # scikit-learn's average precision: Σ (recall step) × precision at each distinct threshold.
+    tp = np.cumsum(positive, axis=1)
+    fp = np.cumsum(negative, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        return (positive * precision).sum(axis=1) / positive.sum(axis=1)
 
 
 # --- bootstrap -----------------------------------------------------------------------------------

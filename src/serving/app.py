@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from src.core.bundle import Bundle
 from src.core.raw_schema import RAW_COLUMNS, is_leaky
+from src.core.scorecard import score_points
 from src.serving.model_store import (
     Backend,
     LoadedModel,
@@ -85,9 +87,15 @@ imputes the training median). Unknown fields are refused, and so are the columns
 after the loan is issued (payments, recoveries, `last_*`, …): they would leak the outcome.
 Impossible values (negative income, FICO outside 300–850, an unknown grade, …) are a 422.
 
-**Output.** `probability_of_default`; `decision` — `decline` when the probability is at or above
-the model's registered threshold, else `approve`; `risk_segment`, the risk band of the applicant's
-segment; the model name and version.
+**Output.** `probability_of_default`, calibrated: the classifier's output mapped through the
+model's calibration table (isotonic, fitted on held-out training loans), so that among loans given
+0.2 about one in five defaults; `score`, scorecard points of that probability (see below);
+`decision` — `decline` when the probability is at or above the model's registered threshold, else
+`approve`; `risk_segment`, the risk band of the applicant's segment; the model name and version.
+
+**Score.** points = base_points + PDO / ln 2 · ln(odds / base_odds), where odds = (1 − p) / p are
+the good:bad odds: {base_points:g} points at {base_odds:g}:1 odds, and every {pdo:g} points (PDO)
+double the odds. Higher is safer. Configured in `scorecard` of params.yaml.
 
 **Top factors** are occlusion effects: for each model input, the probability of default minus
 the probability when that input alone is replaced by its training reference (the training median
@@ -358,7 +366,7 @@ def create_app(
     app = FastAPI(
         title="credit-risk",
         summary="Probability of default and risk segment of a LendingClub loan application",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(**cfg.scorecard.model_dump()),
         version="1",
         lifespan=lifespan,
     )
@@ -382,8 +390,9 @@ def create_app(
         scored = model.scorer.score(parsed, serving.top_factors)
         threshold = model.info.threshold.value
         ref = ModelRef(name=model.info.registered_model, version=model.version)
+        points = score_points(np.array([r.probability for r in scored]), cfg.scorecard)
         out = []
-        for app_in, result in zip(parsed, scored, strict=True):
+        for app_in, result, score_i in zip(parsed, scored, points, strict=True):
             decision: Literal["approve", "decline"] = (
                 "decline" if result.probability >= threshold else "approve"
             )
@@ -392,6 +401,7 @@ def create_app(
                 Prediction(
                     id=app_in.id,
                     probability_of_default=result.probability,
+                    score=float(score_i),
                     decision=decision,
                     threshold=threshold,
                     risk_segment=result.segment,

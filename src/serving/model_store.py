@@ -111,7 +111,8 @@ def _groups(spec: FeatureSpec) -> list[_Group]:
 
 
 class OnnxScorer:
-    """Probability with onnxruntime, segment with numpy, top factors by occlusion."""
+    """Calibrated probability with onnxruntime and the bundle's calibration table, segment with
+    numpy, top factors by occlusion (in calibrated probability)."""
 
     blocking = False
 
@@ -137,6 +138,7 @@ class OnnxScorer:
         self.output_name = bundle.serving.onnx_output
         if self.output_name not in [o.name for o in self.session.get_outputs()]:
             raise DataError(f"{bundle.path}: the ONNX model has no output '{self.output_name}'")
+        self.calibration = bundle.calibration
         self.segmenter = Segmenter.load(bundle)
         self.groups = _groups(self.spec)
         # Occlusion layout, row 0 the application itself, row k its input k at the reference:
@@ -149,13 +151,16 @@ class OnnxScorer:
             self._reference[k, group.columns] = group.reference_vector
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        """Probability of default of each row of a feature matrix (one onnxruntime call)."""
+        """Calibrated probability of default of each row of a feature matrix (one onnxruntime
+        call, then the calibration table)."""
         (out,) = self.session.run(
             [self.output_name], {self.input_name: matrix.astype(self.input_dtype, copy=False)}
         )
         if isinstance(out, list):  # ZipMap output: one {class: probability} per row
-            return np.array([row[POSITIVE_CLASS] for row in out], dtype=np.float64)
-        return np.asarray(out, dtype=np.float64)[:, POSITIVE_CLASS]
+            raw = np.array([row[POSITIVE_CLASS] for row in out], dtype=np.float64)
+        else:
+            raw = np.asarray(out, dtype=np.float64)[:, POSITIVE_CLASS]
+        return self.calibration.apply(raw)
 
     def score(self, apps: Sequence[ParsedApplication], top_factors: int) -> list[Scored]:
         matrix = self._transform(self.spec, [a.values for a in apps])

@@ -203,9 +203,21 @@ class Factor(Out):
     direction: Literal["raises_risk", "lowers_risk"]
 
 
+SCORE_DOC = (
+    "scorecard points of the calibrated probability, higher is safer: base_points + pdo / ln 2 · "
+    "ln(odds / base_odds) with odds = (1 − p) / p good:bad (params `scorecard`; by default 600 "
+    "points at 50:1 odds, 20 points to double the odds), rounded to 0.01"
+)
+
+
 class Prediction(Out):
     id: str | None = None
-    probability_of_default: float = Field(ge=0, le=1)
+    probability_of_default: float = Field(
+        ge=0, le=1,
+        description="calibrated probability that the loan defaults (the classifier's output "
+                    "through the model's calibration table)",
+    )
+    score: float = Field(description=SCORE_DOC)
     decision: Literal["approve", "decline"] = Field(
         description="decline when the probability is at or above the registered threshold"
     )
@@ -234,7 +246,10 @@ class ModelInfo(Out):
     source: str = Field(description="model URI or bundle folder it was loaded from")
     source_model: str | None
     backend: Literal["onnx", "spark"]
-    metrics: dict[str, Any] = Field(description="test-split evaluation of the model")
+    metrics: dict[str, Any] = Field(
+        description="evaluation of the model: top-level figures on the test split (reported only), "
+                    "`validation` on the validation slice it was selected on"
+    )
     threshold: ThresholdInfo
     features: list[str] = Field(description="the model's input vector, in order")
     trained_at: str | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
@@ -36,6 +37,7 @@ class SparkScorer:
         self.spark = spark
         self.spec = FeatureSpec.model_validate(bundle.spec_json)
         self.model = PipelineModel.load(str(model_dir))
+        self.calibration = bundle.calibration
         self.segmenter = Segmenter.load(bundle)
         self.numeric = [f.name for f in self.spec.numeric]
         self.categorical = [c.name for c in self.spec.categorical]
@@ -56,10 +58,12 @@ class SparkScorer:
     def score(self, apps: Sequence[ParsedApplication], top_factors: int) -> list[Scored]:
         df = self.spark.createDataFrame([self._row(a) for a in apps], self.schema)
         rows = self.model.transform(df).select(PROBABILITY_COLUMN).collect()
+        raw = [float(r[PROBABILITY_COLUMN][POSITIVE_CLASS]) for r in rows]
+        # The same calibration table as the ONNX backend: both serve calibrated probabilities.
+        calibrated = self.calibration.apply(np.asarray(raw, dtype=np.float64))
         bands = self.segmenter.bands(apps)
         return [
-            Scored(float(r[PROBABILITY_COLUMN][POSITIVE_CLASS]), band, [])
-            for r, band in zip(rows, bands, strict=True)
+            Scored(float(p), band, []) for p, band in zip(calibrated, bands, strict=True)
         ]
 
 

@@ -12,9 +12,11 @@ from src.contracts import (
     FetchResult,
     SegmentationModel,
     SegmentEvaluation,
+    SliceMetrics,
     SplitResult,
     TrainedModel,
 )
+from src.core.calibration import Calibration
 
 _DIGITS = 4
 
@@ -31,6 +33,10 @@ class ModelCardInput(BaseModel):
     primary_metric: str
     score: float
     champion_score: float | None
+    floor_reference: str | None = None
+    floor_score: float | None = None
+    min_delta: float = 0.0
+    calibration: Calibration = Calibration(method="identity")
     previous_champion_version: str | None
     trained: TrainedModel
     evaluation: Evaluation
@@ -106,17 +112,33 @@ def _limits(card: ModelCardInput) -> list[str]:
         "Origination fields only (no payment history, no macroeconomic inputs); fields filled "
         "after issue are excluded by construction."
     )
-    if card.balance:
+    if card.balance and card.calibration.method == "identity":
         limits.append(
-            "Classes were balanced in training, so scores rank well but overstate the default "
-            f"probability (calibration error on test: {_f(card.evaluation.calibration_error)}); "
-            "use the decision threshold above, not 0.5."
+            "Classes were balanced in training and no calibration table was fitted, so scores "
+            "rank well but overstate the default probability (calibration error on test: "
+            f"{_f(card.evaluation.calibration_error)}); use the decision threshold above, not 0.5."
+        )
+    elif card.calibration.method != "identity":
+        limits.append(
+            f"Probabilities are calibrated by a {card.calibration.method} table fitted on the "
+            f"{card.calibration.fitted_on or 'validation'} data ({card.calibration.rows:,} loans): "
+            "validation calibration figures are in-sample; the test figures are not "
+            f"(calibration error on test: {_f(card.evaluation.calibration_error)})."
         )
     limits.append(
-        "Serving runs the ONNX export: its probabilities differ from Spark's by at most "
-        f"{card.onnx_max_abs_diff:.2e} on the {card.onnx_rows:,} test loans."
+        "Serving runs the ONNX export: calibrated probabilities differ from Spark's by at most "
+        f"{card.onnx_max_abs_diff:.2e} on the {card.onnx_rows:,} validation loans."
     )
     return limits
+
+
+def _slice_row(m: SliceMetrics) -> str:
+    return (
+        f"{m.data} | {m.rows:,} | {_f(m.auc_roc)} [{_f(m.auc_roc_ci.low)}, "
+        f"{_f(m.auc_roc_ci.high)}] | {_f(m.auc_pr)} [{_f(m.auc_pr_ci.low)}, "
+        f"{_f(m.auc_pr_ci.high)}] | {_f(m.ks)} | {_f(m.gini)} | {_f(m.brier)} | "
+        f"{_f(m.log_loss)} | {_f(m.calibration_error)}"
+    )
 
 
 def render_model_card(card: ModelCardInput) -> str:
@@ -174,26 +196,31 @@ def render_model_card(card: ModelCardInput) -> str:
         lines += [f"Dropped (empty in training): {', '.join(card.dropped_features)}", ""]
 
     lines += [
-        "## Metrics (test split)",
+        "## Metrics",
         "",
-        "95% bootstrap intervals in brackets.",
+        "The best model is chosen on the **validation** slice of the training split (the "
+        "trainer's held-out rows); the **test** split is scored once and only reported. "
+        "95% bootstrap intervals in brackets; ECE is the expected calibration error.",
         "",
-        "| model | AUC-ROC | AUC-PR | KS | Gini | Brier | log loss |",
-        "|---|---|---|---|---|---|---|",
+        "| model | data | loans | AUC-ROC | AUC-PR | KS | Gini | Brier | log loss | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in card.evaluations.items():
         mark = " **(this version)**" if name == trained.name else ""
         kind = " (reference)" if e.kind == "reference" else ""
-        lines.append(
-            f"| {name}{kind}{mark} | {_f(e.auc_roc)} [{_f(e.auc_roc_ci.low)}, "
-            f"{_f(e.auc_roc_ci.high)}] | {_f(e.auc_pr)} [{_f(e.auc_pr_ci.low)}, "
-            f"{_f(e.auc_pr_ci.high)}] | {_f(e.ks)} | {_f(e.gini)} | {_f(e.brier)} | "
-            f"{_f(e.log_loss)} |"
-        )
+        for m in (e.validation, e.test_metrics()):
+            if m is not None:
+                lines.append(f"| {name}{kind}{mark} | {_slice_row(m)} |")
+    floor = (
+        f"the `{card.floor_reference}` reference {_f(card.floor_score)} (a champion must beat "
+        f"it by min_delta {card.min_delta})"
+        if card.floor_reference else "no floor reference"
+    )
     lines += [
         "",
-        f"Registry comparison on `{card.primary_metric}` (ONNX scores of the same test split): "
-        f"this version {_f(card.score)}, previous champion "
+        f"Registry comparison on validation `{card.primary_metric}` (this version's ONNX + "
+        "calibration, the previous champion's own bundle, the same validation loans): "
+        f"this version {_f(card.score)}; {floor}; previous champion "
         + (
             f"v{card.previous_champion_version} {_f(card.champion_score)}"
             if card.previous_champion_version
@@ -203,10 +230,11 @@ def render_model_card(card: ModelCardInput) -> str:
         "",
         "## Decision threshold",
         "",
-        f"Decline when P(default) ≥ **{ev.threshold.value:.4f}** (rule `{ev.threshold.rule}`, "
-        f"chosen on {ev.threshold.chosen_on}). On test: precision {_f(ev.precision)}, recall "
-        f"{_f(ev.recall)}, F1 {_f(ev.f1)}; confusion tn {ev.confusion.tn:,}, fp "
-        f"{ev.confusion.fp:,}, fn {ev.confusion.fn:,}, tp {ev.confusion.tp:,}.",
+        f"Decline when calibrated P(default) ≥ **{ev.threshold.value:.4f}** (rule "
+        f"`{ev.threshold.rule}`, chosen on {ev.threshold.chosen_on}). On test: precision "
+        f"{_f(ev.precision)}, recall {_f(ev.recall)}, F1 {_f(ev.f1)}; confusion tn "
+        f"{ev.confusion.tn:,}, fp {ev.confusion.fp:,}, fn {ev.confusion.fn:,}, tp "
+        f"{ev.confusion.tp:,}.",
         "",
         "## Risk segments",
         "",
@@ -234,8 +262,9 @@ def render_model_card(card: ModelCardInput) -> str:
         "",
         "## Export check",
         "",
-        f"ONNX (spec in numpy + ONNX Runtime) vs Spark PipelineModel on {card.onnx_rows:,} test "
-        f"loans: max |Δp| = {card.onnx_max_abs_diff:.2e} (tolerance {card.onnx_tolerance:.0e}).",
+        f"ONNX (spec in numpy + ONNX Runtime) vs Spark PipelineModel, both through the "
+        f"{card.calibration.method} calibration table, on {card.onnx_rows:,} validation loans: "
+        f"max |Δp| = {card.onnx_max_abs_diff:.2e} (tolerance {card.onnx_tolerance:.0e}).",
         "",
         "## Known limits",
         "",

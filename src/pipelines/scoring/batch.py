@@ -2,8 +2,10 @@
 
 `score_file` parses the raw rows exactly as prep does (`read_raw`, `classify_rows`,
 `add_derived_features`) and scores them with the bundle's Spark PipelineModel, the training
-transformation itself (spec SQL + assembler + classifier), in Spark. Segments come from the
-bundle's segmentation parameters (numpy, as in serving). One output row per loan, input order.
+transformation itself (spec SQL + assembler + classifier), in Spark; the bundle's calibration
+table then maps the classifier's probability to the calibrated P(default) serving also gives, and
+the scorecard turns it into points. Segments come from the bundle's segmentation parameters
+(numpy, as in serving). One output row per loan, input order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from src.contracts import ScoreResult
 from src.core.bundle import Bundle, is_model_uri, read_bundle
 from src.core.loan import ISSUE_COLUMN, current_month, month_text, reason_kind
+from src.core.scorecard import score_points
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
@@ -28,9 +31,10 @@ log = get_logger(component="scoring")
 
 ID_COLUMN = "id"
 PROBABILITY_OUTPUT = "probability_of_default"
+SCORE_OUTPUT = "score"
 DECISION = "decision"
 SEGMENT = "segment"
-OUTPUT_COLUMNS = (ID_COLUMN, PROBABILITY_OUTPUT, DECISION, SEGMENT)
+OUTPUT_COLUMNS = (ID_COLUMN, PROBABILITY_OUTPUT, SCORE_OUTPUT, DECISION, SEGMENT)
 UNSCORED_COLUMNS = ("record", ID_COLUMN, "loan_status", "reason")
 DECLINE = "decline"
 APPROVE = "approve"
@@ -188,11 +192,14 @@ def score_file(
     if loans[_P1].isna().any():
         raise AssertionError("score: a scoreable loan got no probability")
     segment_values = loans[bundle.segment_features].astype("float64").to_numpy()
+    # The threshold was chosen on calibrated probabilities: decide on those.
+    p_default = bundle.calibration.apply(loans[_P1].to_numpy(dtype=np.float64))
     output = pd.DataFrame(
         {
             ID_COLUMN: loans[ID_COLUMN].to_numpy(),
-            PROBABILITY_OUTPUT: loans[_P1].to_numpy(dtype=np.float64),
-            DECISION: np.where(loans[_P1].to_numpy() >= bundle.threshold, DECLINE, APPROVE),
+            PROBABILITY_OUTPUT: p_default,
+            SCORE_OUTPUT: score_points(p_default, cfg.scorecard),
+            DECISION: np.where(p_default >= bundle.threshold, DECLINE, APPROVE),
             SEGMENT: bundle.segment_bands(segment_values) if len(loans) else [],
         }
     )
