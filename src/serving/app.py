@@ -76,6 +76,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 UNMATCHED = "unmatched"
 JSON = "application/json"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The method label takes these values or OTHER: a client choosing method names must not be able to
+# add series to /metrics.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
 
 DESCRIPTION = """
 Scores one LendingClub loan application (or a batch) with the registered **champion** model.
@@ -192,7 +196,8 @@ class ServingMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", UNMATCHED)
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METRIC_METHODS else OTHER_METHOD
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, Response | None]:
