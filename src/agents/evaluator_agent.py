@@ -100,24 +100,36 @@ class Candidate:
     chosen_on: str
     importances: dict[str, float] | None = None
     calibrated: bool = False
+    # Raw validation probabilities in `validation`'s row order, when the calibration table was
+    # fitted on those rows: selection and the floor rank on them (see slice_metrics).
+    validation_raw: np.ndarray | None = None
 
 
 def slice_metrics(
-    scored: Scored, data: Literal["validation", "test"], cfg: EvaluateConfig, seed: int
+    scored: Scored,
+    data: Literal["validation", "test"],
+    cfg: EvaluateConfig,
+    seed: int,
+    ranked: np.ndarray | None = None,
 ) -> SliceMetrics:
-    """Ranking and probability metrics of one candidate on one data set, with 95% intervals."""
+    """Ranking and probability metrics of one candidate on one data set, with 95% intervals.
+
+    `ranked`: the scores ranking metrics use instead of `scored.p` (raw probabilities where the
+    calibration table was fitted on these rows).
+    """
     y, p = scored.y, scored.p
+    r = p if ranked is None else ranked
     # One seed for every candidate: the same resamples, so intervals compare like with like.
-    boot = bootstrap_intervals(y, p, cfg.bootstrap_samples, seed)
-    auc = auc_roc(y, p)
+    boot = bootstrap_intervals(y, r, cfg.bootstrap_samples, seed)
+    auc = auc_roc(y, r)
     return SliceMetrics(
         data=data,
         rows=int(y.size),
         auc_roc=auc,
         auc_roc_ci=Interval(low=boot.auc_roc[0], high=boot.auc_roc[1]),
-        auc_pr=average_precision(y, p),
+        auc_pr=average_precision(y, r),
         auc_pr_ci=Interval(low=boot.auc_pr[0], high=boot.auc_pr[1]),
-        ks=ks_statistic(y, p),
+        ks=ks_statistic(y, r),
         gini=gini(auc),
         brier=brier_score(y, p),
         log_loss=log_loss(y, p),
@@ -147,7 +159,9 @@ def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> 
         confusion=ConfusionMatrix(
             tn=confusion.tn, fp=confusion.fp, fn=confusion.fn, tp=confusion.tp
         ),
-        validation=slice_metrics(candidate.validation, "validation", cfg, seed),
+        validation=slice_metrics(
+            candidate.validation, "validation", cfg, seed, ranked=candidate.validation_raw
+        ),
         calibrated=candidate.calibrated,
     )
 
@@ -315,16 +329,13 @@ class EvaluatorAgent(Agent):
         pipeline = PipelineModel.load(str(self.cfg.path(model.path.path)))
         calibration = model_calibration(model, self.cfg.path)
         saved = spark.read.parquet(str(self.cfg.path(model.validation_predictions.path)))
+        # The trainer stores calibrated probabilities beside the raw ones it fitted the table on.
         validation = (
-            saved.select(KEY_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN)
+            saved.select(KEY_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN)
             .withColumnRenamed(PROBABILITY_COLUMN, "p")
             .toPandas()
             .sort_values(KEY_COLUMN, ignore_index=True)
         )
-        # The trainer stores calibrated probabilities beside the raw ones; without a raw column
-        # its `probability` is the classifier's own, calibrated here as for test.
-        if RAW_PROBABILITY_COLUMN not in saved.columns:
-            validation["p"] = calibration.apply(validation["p"].to_numpy(dtype=np.float64))
         test_scores = self._spark_scores(pipeline, test)
         test_scores["p"] = calibration.apply(test_scores["p"].to_numpy(dtype=np.float64))
         importances = None
@@ -346,6 +357,7 @@ class EvaluatorAgent(Agent):
             ),
             importances=importances,
             calibrated=calibration.method != "identity",
+            validation_raw=validation[RAW_PROBABILITY_COLUMN].to_numpy(dtype=np.float64),
         )
 
     def _reference_candidates(
@@ -401,7 +413,10 @@ class EvaluatorAgent(Agent):
         test = spark.read.parquet(str(self.cfg.path(request.test.path)))
         test = test.persist(StorageLevel.MEMORY_AND_DISK)
         fit, validation = split_fit_validation(
-            self._read_train(spark, request), self.cfg.train.validation_fraction, self.cfg.seed
+            self._read_train(spark, request),
+            self.cfg.train.validation_fraction,
+            self.cfg.seed,
+            method=self.cfg.train.validation_method,
         )
         # The stratified window leaves one partition per label: spread the rows over the cores.
         fit = fit.repartition(self.cfg.spark.shuffle_partitions, KEY_COLUMN)

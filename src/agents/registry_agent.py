@@ -251,7 +251,10 @@ class RegistryAgent(Agent):
                 f"register: the training split {path} changed since train_sup ran"
             )
         _, validation = split_fit_validation(
-            spark.read.parquet(str(path)), self.cfg.train.validation_fraction, self.cfg.seed
+            spark.read.parquet(str(path)),
+            self.cfg.train.validation_fraction,
+            self.cfg.seed,
+            method=self.cfg.train.validation_method,
         )
         return validation
 
@@ -305,8 +308,8 @@ class RegistryAgent(Agent):
             spark, pipeline, len(spec.features), f"{reg.model_name}-{name}"
         )
         export_s = round(time.perf_counter() - started, 3)
-        parity = calibrated_parity(check_parity(onnx_model, spec, validation), validation,
-                                   calibration)
+        raw_parity = check_parity(onnx_model, spec, validation)
+        parity = calibrated_parity(raw_parity, validation, calibration)
         log.info("register.onnx_parity", model=name, rows=parity.rows, data=SCORED_ON,
                  calibration=calibration.method, max_abs_diff=parity.max_abs_diff,
                  worst_key=parity.worst_key, tolerance=reg.onnx_tolerance, export_s=export_s)
@@ -317,7 +320,9 @@ class RegistryAgent(Agent):
                 f"register.onnx_tolerance {reg.onnx_tolerance:.1e}; nothing was registered"
             )
         metric = request.evaluate.primary_metric
-        score = ranking_metric(metric, validation.labels, parity.onnx_probability)
+        # Ranked on raw probabilities: the calibration table was fitted on these same rows, and
+        # its pooled ties would flatter the challenger against the champion and the floor.
+        score = ranking_metric(metric, validation.labels, raw_parity.onnx_probability)
         floor = self._floor(request, metric)
 
         with tempfile.TemporaryDirectory(prefix="register-") as scratch:
@@ -435,8 +440,8 @@ class RegistryAgent(Agent):
             log.warning("register.champion_inputs_absent", version=version, columns=absent,
                         effect="scored with these inputs imputed, as serving would")
         champion_spec = FeatureSpec.model_validate(bundle.spec_json)
-        # Calibrated by the champion's own table (identity for bundles without one).
-        probabilities = bundle.predict_proba(transform_records(champion_spec, rows.records))
+        # Raw, as the challenger is ranked: a ranking metric needs no calibration.
+        probabilities = bundle.raw_proba(transform_records(champion_spec, rows.records))
         score = ranking_metric(metric, rows.labels, probabilities)
         log.info("register.champion_scored", version=version, metric=metric, score=score,
                  source_model=bundle.serving.source_model)

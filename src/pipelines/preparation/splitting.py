@@ -94,7 +94,7 @@ ValidationMethod = Literal["time", "random"]
 
 
 def split_fit_validation(
-    train: DataFrame, fraction: float, seed: int, method: ValidationMethod = "time"
+    train: DataFrame, fraction: float, seed: int, method: ValidationMethod
 ) -> tuple[DataFrame, DataFrame]:
     """The training split as (fit, validation): the slice every stage validates and tunes on.
 
