@@ -7,10 +7,10 @@ from pathlib import Path
 
 from src.contracts import TrainedModel
 from src.core.calibration import Calibration, read_calibration
+from src.pipelines.training.calibration import RAW_PROBABILITY_COLUMN
 from src.utils.errors import DataError
 
-# The trainer's validation predictions: `probability` is calibrated when this column is present.
-RAW_PROBABILITY_COLUMN = "raw_probability"
+__all__ = ["RAW_PROBABILITY_COLUMN", "model_calibration"]
 
 
 def model_calibration(model: TrainedModel, resolve: Callable[[str], Path]) -> Calibration:
