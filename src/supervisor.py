@@ -42,7 +42,13 @@ from src.contracts import (
 )
 from src.utils.atomic import atomic_write_json
 from src.utils.config import Config, load_config
-from src.utils.errors import PermanentError, PipelineError, StaleUpstreamError, TransientError
+from src.utils.errors import (
+    PermanentError,
+    StaleUpstreamError,
+    TransientError,
+    as_pipeline_error,
+    is_transient,
+)
 from src.utils.hashing import content_hash
 from src.utils.logging import bind_context, clear_context, configure_logging, get_logger
 
@@ -173,13 +179,6 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
     return result
 
 
-def _is_transient(exc: BaseException) -> bool:
-    # Library network exceptions count as transient too; our own errors say which they are.
-    if isinstance(exc, PipelineError):
-        return isinstance(exc, TransientError)
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
@@ -210,7 +209,7 @@ def run_agent(
     for attempt in Retrying(
         stop=stop_after_attempt(retry.attempts),
         wait=wait_exponential(multiplier=retry.backoff_initial_s, max=retry.backoff_max_s),
-        retry=retry_if_exception(_is_transient),
+        retry=retry_if_exception(is_transient),
         before_sleep=_log_retry,
         reraise=True,
     ):
@@ -222,14 +221,19 @@ def run_agent(
             try:
                 result = agent.handle(stage_name, request)
             except Exception as exc:
+                # A library's network fault or refusal becomes our TransientError/PermanentError,
+                # so the retry decision and the exit code come from one classification.
+                named = as_pipeline_error(exc, stage_name)
                 log.warning(
                     "stage.attempt_failed",
                     error=str(exc),
                     error_type=type(exc).__name__,
-                    transient=_is_transient(exc),
+                    transient=is_transient(exc),
                     duration_s=round(time.perf_counter() - attempt_started, 3),
                 )
-                raise
+                if named is None or named is exc:
+                    raise
+                raise named from exc
     duration = round(time.perf_counter() - started, 3)
     result = result.model_copy(
         update={"run_id": run_id, "duration_s": duration, "finished_at": datetime.now(UTC)}
