@@ -259,24 +259,35 @@ def _print_agents() -> None:
             print(f"  {skill.stage:<12} {skill.request.__name__} -> {skill.result.__name__}")
 
 
-def _print_status(cfg: Config) -> None:
-    for name in STAGES:
-        path = cfg.report_path(name)
-        if not path.is_file():
-            print(f"{name:<12} not run")
+def stage_states(cfg: Config) -> dict[str, str]:
+    """Each stage's state: "ok", "not run", or "stale: why"; a stage downstream of one that is not
+    ok is stale too, since its inputs are about to change."""
+    states: dict[str, str] = {}
+    for name, stage in STAGES.items():
+        if not cfg.report_path(name).is_file():
+            states[name] = "not run"
             continue
         try:
-            result = load_result(cfg, name, verify=True)
-            state = "ok"
+            load_result(cfg, name, verify=True)
+            states[name] = "ok"
         except StaleUpstreamError as exc:
-            result = None
-            state = f"stale: {exc}"
-        summary = json.loads(path.read_text())
+            states[name] = f"stale: {exc}"
+            continue
+        behind = [up for up in stage.upstream if states.get(up) != "ok"]
+        if behind:
+            states[name] = f"stale: upstream '{behind[0]}' is {states[behind[0]].split(':')[0]}"
+    return states
+
+
+def _print_status(cfg: Config) -> None:
+    for name, state in stage_states(cfg).items():
+        if state != "ok":
+            print(f"{name:<12} {state}")
+            continue
+        summary = json.loads(cfg.report_path(name).read_text())
         print(
             f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
             f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
-            if result
-            else f"{name:<12} {state}"
         )
 
 
