@@ -42,7 +42,13 @@ from src.contracts import (
 )
 from src.utils.atomic import atomic_write_json
 from src.utils.config import Config, load_config
-from src.utils.errors import PermanentError, PipelineError, StaleUpstreamError, TransientError
+from src.utils.errors import (
+    PermanentError,
+    StaleUpstreamError,
+    TransientError,
+    as_pipeline_error,
+    is_transient,
+)
 from src.utils.hashing import content_hash
 from src.utils.logging import bind_context, clear_context, configure_logging, get_logger
 
@@ -173,13 +179,6 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
     return result
 
 
-def _is_transient(exc: BaseException) -> bool:
-    # Library network exceptions count as transient too; our own errors say which they are.
-    if isinstance(exc, PipelineError):
-        return isinstance(exc, TransientError)
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
@@ -210,7 +209,7 @@ def run_agent(
     for attempt in Retrying(
         stop=stop_after_attempt(retry.attempts),
         wait=wait_exponential(multiplier=retry.backoff_initial_s, max=retry.backoff_max_s),
-        retry=retry_if_exception(_is_transient),
+        retry=retry_if_exception(is_transient),
         before_sleep=_log_retry,
         reraise=True,
     ):
@@ -222,14 +221,19 @@ def run_agent(
             try:
                 result = agent.handle(stage_name, request)
             except Exception as exc:
+                # A library's network fault or refusal becomes our TransientError/PermanentError,
+                # so the retry decision and the exit code come from one classification.
+                named = as_pipeline_error(exc, stage_name)
                 log.warning(
                     "stage.attempt_failed",
                     error=str(exc),
                     error_type=type(exc).__name__,
-                    transient=_is_transient(exc),
+                    transient=is_transient(exc),
                     duration_s=round(time.perf_counter() - attempt_started, 3),
                 )
-                raise
+                if named is None or named is exc:
+                    raise
+                raise named from exc
     duration = round(time.perf_counter() - started, 3)
     result = result.model_copy(
         update={"run_id": run_id, "duration_s": duration, "finished_at": datetime.now(UTC)}
@@ -255,24 +259,35 @@ def _print_agents() -> None:
             print(f"  {skill.stage:<12} {skill.request.__name__} -> {skill.result.__name__}")
 
 
-def _print_status(cfg: Config) -> None:
-    for name in STAGES:
-        path = cfg.report_path(name)
-        if not path.is_file():
-            print(f"{name:<12} not run")
+def stage_states(cfg: Config) -> dict[str, str]:
+    """Each stage's state: "ok", "not run", or "stale: why"; a stage downstream of one that is not
+    ok is stale too, since its inputs are about to change."""
+    states: dict[str, str] = {}
+    for name, stage in STAGES.items():
+        if not cfg.report_path(name).is_file():
+            states[name] = "not run"
             continue
         try:
-            result = load_result(cfg, name, verify=True)
-            state = "ok"
+            load_result(cfg, name, verify=True)
+            states[name] = "ok"
         except StaleUpstreamError as exc:
-            result = None
-            state = f"stale: {exc}"
-        summary = json.loads(path.read_text())
+            states[name] = f"stale: {exc}"
+            continue
+        behind = [up for up in stage.upstream if states.get(up) != "ok"]
+        if behind:
+            states[name] = f"stale: upstream '{behind[0]}' is {states[behind[0]].split(':')[0]}"
+    return states
+
+
+def _print_status(cfg: Config) -> None:
+    for name, state in stage_states(cfg).items():
+        if state != "ok":
+            print(f"{name:<12} {state}")
+            continue
+        summary = json.loads(cfg.report_path(name).read_text())
         print(
             f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
             f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
-            if result
-            else f"{name:<12} {state}"
         )
 
 

@@ -74,13 +74,14 @@ class Upstream:
     train_unsup: TrainUnsupResult
     evaluate: EvaluateResult
 
-    def config(self, **register: Any) -> Any:
-        """This project's config with other `register` settings (retry as a mapping)."""
-        if "retry" in register:
-            register["retry"] = RetryConfig(**register["retry"])
-        return self.cfg.model_copy(
-            update={"registry": self.cfg.registry.model_copy(update=register)}
-        )
+    def config(self, retry: dict[str, float] | None = None, **register: Any) -> Any:
+        """This project's config with other `register` settings and `supervisor.retry`."""
+        update: dict[str, Any] = {"registry": self.cfg.registry.model_copy(update=register)}
+        if retry is not None:
+            update["supervisor"] = self.cfg.supervisor.model_copy(
+                update={"retry": RetryConfig(**retry)}
+            )
+        return self.cfg.model_copy(update=update)
 
     def request(self, best_model: str | None = None) -> RegisterRequest:
         """The register request, optionally with another model forced as the best."""
@@ -128,6 +129,15 @@ def embedded() -> Iterator[None]:
 
 def register(cfg: Any, request: RegisterRequest) -> RegisterResult:
     result = RegistryAgent(cfg).handle("register", request)
+    assert isinstance(result, RegisterResult)
+    return result
+
+
+def register_with_retries(cfg: Any, request: RegisterRequest) -> RegisterResult:
+    """The register stage as the supervisor runs it: `supervisor.retry` is the only retry."""
+    from src.supervisor import run_agent
+
+    result = run_agent(cfg, "register", RegistryAgent(cfg), request, "register-test")
     assert isinstance(result, RegisterResult)
     return result
 
@@ -427,7 +437,7 @@ def test_real_server_late_up_then_down(
         late_cfg = upstream.config(model_name=name, retry=LATE_SERVER_RETRY,
                                    bundle_dir="models/register_test/server_bundle")
         started = time.perf_counter()
-        first_result = register(late_cfg, upstream.request(best_model="mlp"))
+        first_result = register_with_retries(late_cfg, upstream.request(best_model="mlp"))
         waited = time.perf_counter() - started
         print(f"late server: registered after {waited:.1f} s")
         assert server.healthy() and waited > LATE_START_S
@@ -445,9 +455,8 @@ def test_real_server_late_up_then_down(
         # 3. The server goes away: registration fails clearly, the champion stays.
         server.stop()
         started = time.perf_counter()
-        with pytest.raises(TransientError, match=rf"unreachable during connect after "
-                                                 rf"{FAST_FAIL_RETRY['attempts']} attempts"):
-            register(cfg, upstream.request(best_model="mlp"))
+        with pytest.raises(TransientError, match=rf"MLflow at {server.uri}.*unreachable"):
+            register_with_retries(cfg, upstream.request(best_model="mlp"))
         print(f"down server: gave up after {time.perf_counter() - started:.1f} s")
     finally:
         server.stop()
@@ -458,3 +467,51 @@ def test_real_server_late_up_then_down(
     store = MlflowClient(tracking_uri=db, registry_uri=db)
     assert store.get_model_version_by_alias(name, CHAMPION).version in (1, "1")
     assert sorted(int(v.version) for v in store.search_model_versions(f"name='{name}'")) == [1, 2]
+
+
+def test_server_dies_between_version_and_alias_leaves_no_orphan(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version a dead server kept is tagged pending/none; the next registration deletes it
+    and ends its run FAILED: no orphan version, no RUNNING run."""
+    from mlflow import MlflowClient
+
+    from src.pipelines.registry.client import ALIAS_TAG, PENDING, STATE_TAG
+
+    server = MlflowServer(tmp_path / "server", port=free_port())
+    monkeypatch.setenv(TRACKING_URI_ENV, server.uri)
+    name = "register-test-orphan"
+    cfg = upstream.config(model_name=name, bundle_dir="models/register_test/orphan_bundle")
+    db = f"sqlite:///{(tmp_path / 'server' / 'mlflow.db').resolve()}"
+    original = Registry.set_alias
+
+    def die_first(self: Registry, model: str, alias: str, version: str) -> None:
+        server.stop()  # the server goes away after the version exists, before the alias
+        original(self, model, alias, version)
+
+    try:
+        server.start()
+        monkeypatch.setattr(Registry, "set_alias", die_first)
+        with pytest.raises(TransientError, match="unreachable"):
+            register(cfg, upstream.request(best_model="mlp"))
+        monkeypatch.setattr(Registry, "set_alias", original)
+        # Read the dead server's store directly: the version it kept says it has no alias.
+        store = MlflowClient(tracking_uri=db, registry_uri=db)
+        (orphan,) = store.search_model_versions(f"name='{name}'")
+        assert orphan.tags[ALIAS_TAG] == "none" and orphan.tags[STATE_TAG] == PENDING
+        assert not orphan.aliases
+        assert store.get_run(orphan.run_id).info.status == "RUNNING"
+
+        server.start()
+        result = register(cfg, upstream.request(best_model="mlp"))
+        assert result.alias == CHAMPION
+    finally:
+        server.stop()
+    store = MlflowClient(tracking_uri=db, registry_uri=db)
+    versions = store.search_model_versions(f"name='{name}'")
+    assert [str(v.version) for v in versions] == [result.version] != [str(orphan.version)]
+    assert versions[0].tags[ALIAS_TAG] == CHAMPION and versions[0].tags[STATE_TAG] == "complete"
+    assert store.get_run(orphan.run_id).info.status == "FAILED"
+    experiment = store.get_experiment_by_name(cfg.mlflow.experiment)
+    statuses = [r.info.status for r in store.search_runs([experiment.experiment_id])]
+    assert "RUNNING" not in statuses and statuses.count("FAILED") >= 1

@@ -137,3 +137,39 @@ def test_status_reports_each_stage(tmp_path, capsys, command) -> None:
     assert main(["--params", str(params), *command]) == 0
     out = capsys.readouterr().out
     assert "fetch" in out and "not run" in out
+
+
+def _artifact(root: Path, relative: str, text: str) -> dict:
+    from src.utils.hashing import content_hash
+
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return {"path": relative, "sha256": content_hash(path), "rows": None}
+
+
+def test_status_marks_every_stage_downstream_of_a_stale_one(tmp_path, capsys) -> None:
+    from src.contracts import FetchResult, PrepResult
+
+    params = write_params(tmp_path, {})
+    reports = tmp_path / "reports"
+    fetch = FetchResult(source="file", origin="test", bytes=3,
+                        raw=_artifact(tmp_path, "data/raw/loans.csv.gz", "raw"))
+    prep = PrepResult(
+        processed=_artifact(tmp_path, "data/processed/M.parquet", "m"),
+        rejected=_artifact(tmp_path, "data/processed/rejected.parquet", "r"),
+        input_rows=1, footer_rows=0, unresolved_rows={}, rejected_rows=0, kept_rows=1,
+        default_share=0.0, feature_columns=[], missing_columns=[],
+    )
+    atomic_write_json(reports / "fetch.json", fetch.model_dump(mode="json"))
+    atomic_write_json(reports / "prep.json", prep.model_dump(mode="json"))
+    assert main(["--params", str(params), "status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert " ok " in lines["fetch"] and " ok " in lines["prep"]
+    assert "not run" in lines["split"]
+
+    (tmp_path / "data" / "raw" / "loans.csv.gz").write_text("changed")
+    assert main(["--params", str(params), "status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "stale" in lines["fetch"] and "changed since 'fetch' ran" in lines["fetch"]
+    assert "stale: upstream 'fetch' is stale" in lines["prep"]

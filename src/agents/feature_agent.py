@@ -28,11 +28,11 @@ from src.pipelines.preparation.cleaning import (
 )
 from src.pipelines.preparation.features import model_table
 from src.pipelines.preparation.splitting import side_summary, split_by_time, split_stratified
-from src.utils.atomic import atomic_path
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
+from src.utils.spark_io import write_parquet_deterministic
 
 log = get_logger(agent="FeatureAgent")
 # Reasons named in the log and in the error when no loan can be kept.
@@ -40,9 +40,9 @@ TOP_REASONS = 5
 
 
 def write_parquet(df: DataFrame, target: Path) -> None:
-    """Write `df` as parquet to `target`, replacing it only once the write is complete."""
-    with atomic_path(target) as tmp:
-        df.write.mode("overwrite").parquet(str(tmp))
+    """Write `df` as parquet to `target`, replacing it only once the write is complete; same rows,
+    same bytes (src/utils/spark_io.py)."""
+    write_parquet_deterministic(df, target, [KEY_COLUMN])
 
 
 def rejected_reasons(rows: DataFrame) -> dict[str, int]:

@@ -291,6 +291,10 @@ class RegistryAgent(Agent):
         trained, evaluation, segmentation = self._inputs(request)
         name = trained.name
         started = time.perf_counter()
+        # Reach the registry first: when it is down, the attempt fails in seconds, before the
+        # Spark scoring and ONNX export that a supervisor retry would otherwise redo.
+        registry = Registry(self.cfg)
+        registry.connect()
         spark = get_spark(self.cfg.spark)
         pipeline, spec, model_dir, spec_path = self._load_model(trained)
         calibration = model_calibration(trained, self.cfg.path)
@@ -332,8 +336,6 @@ class RegistryAgent(Agent):
                 staging, onnx_model, model_dir, spec_path, segments_path, len(spec.features)
             )
             (staging / CALIBRATION_FILE).write_text(calibration.model_dump_json(indent=2) + "\n")
-            registry = Registry(self.cfg)
-            registry.connect()
             champion = registry.alias_version(reg.model_name, CHAMPION)
             champion_version = str(champion.version) if champion is not None else None
             champion_score = (
@@ -488,6 +490,7 @@ class RegistryAgent(Agent):
         """Run + version + files + tags + alias; the version is deleted if any step fails."""
         name = self.cfg.registry.model_name
         tags = self._version_tags(c)
+        registry.sweep_orphans(name)
         run_id = registry.create_run(f"{STAGE}-{c.trained.name}", {"stage": STAGE, **tags})
         version: str | None = None
         try:
@@ -545,19 +548,7 @@ class RegistryAgent(Agent):
         self, registry: Registry, name: str, version: str | None, run_id: str, exc: BaseException
     ) -> None:
         """Best effort: delete the version that got no alias, mark the run failed; never raises."""
-        if version is not None:
-            try:
-                registry.delete_version(name, version)
-                log.warning("register.rolled_back", model_name=name, version=version,
-                            error=short_error(exc), effect="version deleted, aliases unchanged")
-            except Exception as delete_error:
-                log.error("register.rollback_failed", model_name=name, version=version,
-                          error=short_error(exc), delete_error=short_error(delete_error),
-                          effect="version may exist without an alias; delete it by hand")
-        try:
-            registry.end_run(run_id, "FAILED")
-        except Exception as end_error:
-            log.warning("register.run_not_closed", run_id=run_id, error=short_error(end_error))
+        registry.roll_back(name, version, run_id, exc)
 
     @staticmethod
     def _description(decision: str, card: str) -> str:

@@ -19,14 +19,35 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def stale_siblings(target: Path) -> list[Path]:
+    """Temporaries an earlier, killed write of `target` left beside it."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove what a killed write of `target` left behind; returns the removed paths.
+
+    Writes of one target never run at once (one stage owns it; DVC locks the pipeline)."""
+    stale = stale_siblings(target)
+    for path in stale:
+        _remove(path)
+    return stale
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target` (file or folder); it replaces `target` on success.
 
-    On any exception the temporary is removed and whatever was at `target` stays as it was.
+    On any exception the temporary is removed and whatever was at `target` stays as it was;
+    temporaries of an earlier write that was killed (kill -9) are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp

@@ -160,10 +160,20 @@ class SupervisorConfig(Section):
     retry: RetryConfig
 
 
+class MlflowHttpConfig(Section):
+    """MLflow client's own HTTP retries, capped: the supervisor's retry waits out an outage."""
+
+    max_retries: int = Field(ge=0, le=10)
+    backoff_factor: int = Field(ge=0, le=120)
+    backoff_jitter: float = Field(ge=0)
+    timeout_s: int = Field(gt=0)
+
+
 class MlflowConfig(Section):
     tracking_uri: str
     artifact_root: Path
     experiment: str
+    http: MlflowHttpConfig
 
 
 class FeatureSpecConfig(Section):

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from src.utils.config import Config
+from src.utils.config import Config, MlflowHttpConfig
+from src.utils.errors import as_pipeline_error
 from src.utils.logging import get_logger
 
 log = get_logger(component="tracking")
@@ -20,6 +21,25 @@ _GIT_TIMEOUT_S = 10
 def _disable_telemetry() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def http_env(http: MlflowHttpConfig) -> dict[str, str]:
+    """MLflow's HTTP client variables for `mlflow.http` of params.yaml."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http.max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(http.backoff_factor),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(http.backoff_jitter),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(http.timeout_s),
+        # Progress bars would flood the JSON logs.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+
+
+def apply_http_settings(cfg: Config) -> None:
+    """Cap MLflow's own HTTP retries (its default, 7 retries with backoff, takes minutes against a
+    dead server); a variable the user set wins. MLflow reads them at every request."""
+    for name, value in http_env(cfg.mlflow.http).items():
+        os.environ.setdefault(name, value)
 
 
 def resolve_tracking_uri(cfg: Config) -> tuple[str, bool]:
@@ -48,23 +68,33 @@ def _set_tracking_uri(mlflow: Any, uri: str) -> None:
 
 
 def configure_mlflow(cfg: Config) -> str:
-    """Point MLflow at the configured store and return the experiment id (created if absent)."""
+    """Point MLflow at the configured store and return the experiment id (created if absent).
+
+    A server that cannot be reached raises TransientError, a refusal PermanentError.
+    """
     _disable_telemetry()
+    apply_http_settings(cfg)
     import mlflow  # after the telemetry switch: MLflow reads it at import
 
     uri, embedded = resolve_tracking_uri(cfg)
     _set_tracking_uri(mlflow, uri)
     name = cfg.mlflow.experiment
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None
-        if embedded:
-            root = cfg.path(cfg.mlflow.artifact_root).resolve()
-            root.mkdir(parents=True, exist_ok=True)
-            location = root.as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = None
+            if embedded:
+                root = cfg.path(cfg.mlflow.artifact_root).resolve()
+                root.mkdir(parents=True, exist_ok=True)
+                location = root.as_uri()
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    except Exception as exc:
+        named = as_pipeline_error(exc, f"MLflow at {uri}, experiment '{name}'")
+        if named is None:
+            raise
+        raise named from exc
     log.info(
         "mlflow.configured",
         tracking_uri=uri,

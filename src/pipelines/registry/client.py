@@ -1,78 +1,44 @@
-"""The MLflow model registry behind retries: a server that comes up late is waited for, one that
-stays down fails with one clear error, and MLflow's own long HTTP retry loop is turned off so the
-retry policy is `register.retry` alone.
+"""The MLflow tracking and model registry calls of the register stage and batch scoring.
+
+No retry loop here: every fault is classified once (src/utils/errors.py) and the supervisor's
+retry is the only one; MLflow's own HTTP retries are capped by `mlflow.http` of params.yaml.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
+from src.utils.config import Config
+from src.utils.errors import (
+    PermanentError,
+    TransientError,
+    as_pipeline_error,
+    is_transient,
+    short_error,
 )
-
-from src.utils.config import Config, RetryConfig
-from src.utils.errors import PermanentError, TransientError
 from src.utils.logging import get_logger
-from src.utils.tracking import configure_mlflow, resolve_tracking_uri
+from src.utils.tracking import apply_http_settings, configure_mlflow, resolve_tracking_uri
 
 log = get_logger(component="registry")
 
 T = TypeVar("T")
 
-# MLflow retries each HTTP request up to 7 times with backoff (minutes against a dead server);
-# inside the registry's own retry loop one try per call is enough. Progress bars would flood the
-# JSON logs.
-HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-# MLflow error codes that mean "try again later".
-TRANSIENT_CODES = frozenset(
-    {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR", "DEADLINE_EXCEEDED"}
-)
 NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+# Version tags that say what really happened: a version is created "pending" with no alias, and
+# marked "complete" with its alias only once the alias is set. A pending version without an alias
+# is an orphan (the server died in between) and the next registration removes it.
+ALIAS_TAG = "alias_at_registration"
+STATE_TAG = "registration"
+ROLLBACK_TAG = "rollback"
+PENDING, COMPLETE, NO_ALIAS = "pending", "complete", "none"
+RUN_STAGE_TAG = "stage"
 ALIAS_NOT_FOUND = "alias"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
-_MAX_ERROR_CHARS = 300
 
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for network faults: refused or reset connections, timeouts, 5xx/429 answers."""
-    if isinstance(exc, TransientError):
-        return True
-    if isinstance(exc, PermanentError):
-        return False
-    for link in _chain(exc):
-        if isinstance(
-            link, ConnectionError | TimeoutError | requests.ConnectionError | requests.Timeout
-        ):
-            return True
-        if getattr(link, "error_code", None) in TRANSIENT_CODES:
-            return True
-    # MLflow wraps the requests error in a message without chaining it in some paths.
-    text = str(exc)
-    return "Max retries exceeded" in text or "Connection refused" in text
+__all__ = ["Registry", "is_not_found", "is_transient", "short_error"]
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -83,34 +49,12 @@ def is_not_found(exc: BaseException) -> bool:
     return code == "INVALID_PARAMETER_VALUE" and ALIAS_NOT_FOUND in str(exc).lower()
 
 
-def short_error(exc: BaseException) -> str:
-    """One line of an exception, bounded in length."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "…"
-
-
-@contextmanager
-def mlflow_http_settings() -> Iterator[None]:
-    """Set MLflow's HTTP retry/timeout variables for the block, unless the user set them."""
-    saved = {name: os.environ.get(name) for name in HTTP_ENV}
-    for name, value in HTTP_ENV.items():
-        os.environ.setdefault(name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 class Registry:
-    """MLflow tracking + model registry calls, each retried on transient faults."""
+    """MLflow tracking + model registry calls, each fault named transient or permanent."""
 
-    def __init__(self, cfg: Config, retry: RetryConfig | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.retry = retry or cfg.registry.retry
+        apply_http_settings(cfg)
         self.uri, self.embedded = resolve_tracking_uri(cfg)
         self.experiment_id: str | None = None
         self._client: Any = None
@@ -123,52 +67,18 @@ class Registry:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
-    def _log_retry(self, what: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "registry.retry",
-                what=what,
-                attempt=state.attempt_number,
-                attempts=self.retry.attempts,
-                tracking_uri=self.uri,
-                error=short_error(exc) if exc else None,
-                sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
-            )
-
-        return before_sleep
-
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)` with `register.retry` retries on transient faults.
-
-        Gives up with TransientError (server unreachable) or PermanentError (a refusal).
-        """
-        retrying = Retrying(
-            stop=stop_after_attempt(self.retry.attempts),
-            wait=wait_exponential(
-                multiplier=self.retry.backoff_initial_s, max=self.retry.backoff_max_s
-            ),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry(what),
-            reraise=True,
-        )
+        """`fn(*args, **kwargs)`, its faults named: TransientError (server unreachable, 5xx) or
+        PermanentError (a refusal); the supervisor decides whether to try the stage again."""
         try:
-            with mlflow_http_settings():
-                for attempt in retrying:
-                    with attempt:
-                        return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except (TransientError, PermanentError):
             raise
         except Exception as exc:
-            if is_transient(exc):
-                raise TransientError(
-                    f"MLflow at {self.uri} unreachable during {what} after "
-                    f"{self.retry.attempts} attempts: {short_error(exc)}"
-                ) from exc
-            raise PermanentError(
-                f"MLflow at {self.uri} refused {what}: {short_error(exc)}"
-            ) from exc
-        raise AssertionError("unreachable: tenacity either returns or raises")
+            named = as_pipeline_error(exc, f"MLflow at {self.uri}: {what}")
+            if named is None:
+                raise
+            raise named from exc
 
     # --- tracking --------------------------------------------------------------------------------
 
@@ -248,7 +158,9 @@ class Registry:
         self.call(f"create registered model {name}", ensure)
 
     def create_version(self, name: str, source: str, run_id: str, tags: dict[str, str]) -> Any:
-        """A new version of `name` from `source`; a retry finds the version a lost reply created."""
+        """A new version of `name` from `source`, tagged pending and without alias until
+        `set_alias`; finds the version a lost reply created."""
+        tags = {**tags, ALIAS_TAG: NO_ALIAS, STATE_TAG: PENDING}
 
         def create() -> Any:
             existing = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
@@ -265,12 +177,77 @@ class Registry:
         )
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `alias` at `version`, then tag the version with it (complete)."""
         self.call(
             f"set {name}@{alias}", self.client.set_registered_model_alias, name, alias, version
         )
+        self.tag_version(name, version, {ALIAS_TAG: alias, STATE_TAG: COMPLETE})
+
+    def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.call(
+                f"tag {name} v{version}", self.client.set_model_version_tag, name, version, key,
+                value,
+            )
 
     def delete_version(self, name: str, version: str) -> None:
         self.call(f"delete {name} v{version}", self.client.delete_model_version, name, version)
+
+    def roll_back(self, name: str, version: str | None, run_id: str, cause: BaseException) -> None:
+        """Best effort after a failed registration: delete the version that got no alias (or tag
+        it so when it cannot be deleted), end the run FAILED. Never raises; what a dead server
+        prevents here, `sweep_orphans` finishes on the next registration."""
+        if version is not None:
+            try:
+                self.delete_version(name, version)
+                log.warning("register.rolled_back", model_name=name, version=version,
+                            error=short_error(cause), effect="version deleted, aliases unchanged")
+            except Exception as delete_error:
+                try:
+                    self.tag_version(name, version, {ALIAS_TAG: NO_ALIAS, ROLLBACK_TAG: "failed"})
+                    tagged = True
+                except Exception:
+                    tagged = False
+                log.error("register.rollback_failed", model_name=name, version=version,
+                          error=short_error(cause), delete_error=short_error(delete_error),
+                          tagged=tagged,
+                          effect="the version stays pending without alias; the next "
+                                 "registration deletes it")
+        try:
+            self.end_run(run_id, "FAILED")
+        except Exception as end_error:
+            log.warning("register.run_not_closed", run_id=run_id, error=short_error(end_error),
+                        effect="the next registration ends it FAILED")
+
+    def sweep_orphans(self, name: str) -> list[str]:
+        """Delete versions of `name` a failed registration left pending without an alias, and end
+        the register runs left RUNNING as FAILED; returns the deleted versions.
+
+        Assumes one registration at a time (register is one DVC stage)."""
+        deleted: list[str] = []
+        for found in self.versions(name):
+            tags = dict(found.tags or {})
+            if tags.get(STATE_TAG) != PENDING:
+                continue
+            version = str(found.version)
+            aliases = list(getattr(found, "aliases", None) or [])
+            if aliases:  # the alias was set, only the final tags were lost
+                self.tag_version(name, version, {ALIAS_TAG: aliases[0], STATE_TAG: COMPLETE})
+                continue
+            self.delete_version(name, version)
+            deleted.append(version)
+            log.warning("register.orphan_deleted", model_name=name, version=version,
+                        run_id=found.run_id)
+        if self.experiment_id is None:
+            self.connect()
+        running = self.call(
+            "find unfinished register runs", self.client.search_runs, [self.experiment_id],
+            filter_string=f"tags.{RUN_STAGE_TAG} = 'register' and attributes.status = 'RUNNING'",
+        )
+        for run in running:
+            self.end_run(run.info.run_id, "FAILED")
+            log.warning("register.orphan_run_ended", run_id=run.info.run_id, status="FAILED")
+        return deleted
 
     def versions(self, name: str) -> list[Any]:
         """Every live version of `name` (empty when the model does not exist)."""
