@@ -233,7 +233,6 @@ class RegisterConfig(Section):
     min_delta: float = Field(ge=0)
     bundle_dir: Path
     onnx_tolerance: float = Field(gt=0)
-    retry: RetryConfig
     # The lender's own grade is the floor: a model that does not beat this reference on the
     # validation slice by min_delta is registered as challenger only (null: no floor).
     floor_reference: Literal["ref_sub_grade", "ref_logistic"] | None = "ref_sub_grade"
