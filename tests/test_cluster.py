@@ -30,8 +30,9 @@ from tests.conftest import REPO, SMALL_TRAINING, write_params
 
 STAGES = ("fetch", "prep", "split", "train_sup")
 # The module's first test carries the cluster start, three Spark applications (each starting its
-# executors) and two trainings: on a loaded shared machine that outgrows the 900 s per-test limit.
-pytestmark = pytest.mark.timeout(2400)
+# executors) and two trainings: a few minutes on two free cores, but on a shared machine at load 40
+# train_sup alone took 19 minutes, so the limit is the module's, not the 900 s of one test.
+pytestmark = pytest.mark.timeout(5400)
 # Trees and GBT are deterministic given the same rows in the same partitions: bootstrap and
 # subsampling draw from seeded per-partition generators, and the sums behind each split are exact
 # enough that no choice flips. L-BFGS (the MLP) sums gradients in task-completion order, so its
@@ -113,7 +114,7 @@ def cluster_run(
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "src.supervisor", "--params", str(params), "run", stage],
-            cwd=root, env=env, capture_output=True, text=True, timeout=1200, check=False,
+            cwd=root, env=env, capture_output=True, text=True, check=False,
         )
         seconds[stage] = round(time.perf_counter() - started, 1)
         assert done.returncode == 0, f"{stage} on the cluster failed:\n{done.stderr[-3000:]}"
