@@ -11,6 +11,7 @@ import math
 from datetime import date
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql.types import StringType, StructField, StructType
@@ -176,3 +177,17 @@ def test_the_table_covers_the_allowlist_and_its_required_columns() -> None:
     assert {c for c in COLUMNS if LOAN_COLUMNS[c].required} == set(PREP.required)
     assert all(LOAN_COLUMNS[c].group == "dates" for c in PREP.dates)
     assert LOAN_COLUMNS["issue_d"].required and date(2011, 12, 1)
+
+
+def test_an_allowlisted_column_must_be_in_the_table_under_its_kind(tmp_path) -> None:
+    from src.utils.config import load_config as load
+    from src.utils.errors import ConfigError
+    from tests.conftest import write_params
+
+    numeric = [*PREP.numeric, "funded_amnt"]
+    with pytest.raises(ConfigError, match="'funded_amnt' has no entry in the loan table"):
+        load(write_params(tmp_path / "a", {"prep": {"numeric": numeric}}))
+    categorical = [c for c in PREP.categorical if c != "grade"]
+    with pytest.raises(ConfigError, match="'grade' is a category column: list it under"):
+        overrides = {"numeric": [*PREP.numeric, "grade"], "categorical": categorical}
+        load(write_params(tmp_path / "b", {"prep": overrides}))

@@ -172,7 +172,8 @@ def test_footers_open_loans_and_malformed_rows_are_reported_apart(
     assert result.footer_rows == len(FOOTERS)
     assert result.open_loans == 2
     assert result.scored_rows == CRAFTED_LOANS - 2 and result.unscored_rows == 2
-    assert result.unscored_reasons == {"int_rate: cannot parse": 1, "loan_amnt: missing": 1}
+    bad_rate = "int_rate: cannot parse as a percentage such as 13.49 or 13.49%"
+    assert result.unscored_reasons == {bad_rate: 1, "loan_amnt: required": 1}
 
     scores = pd.read_csv(out, dtype={"id": str}, float_precision="round_trip")
     ids = scores["id"].tolist()
@@ -190,4 +191,4 @@ def test_footers_open_loans_and_malformed_rows_are_reported_apart(
     assert unscored["record"].tolist() == [altered["bad_rate"] + 1, altered["no_amount"] + 1]
     assert unscored["id"].tolist() == [str(FIRST_ID - altered["bad_rate"]),
                                        str(FIRST_ID - altered["no_amount"])]
-    assert unscored["reason"].tolist() == ["int_rate: cannot parse 'abc'", "loan_amnt: missing"]
+    assert unscored["reason"].tolist() == [f"{bad_rate}: 'abc'", "loan_amnt: required"]

@@ -108,7 +108,7 @@ def anchored(pattern: str) -> str:
     return f"^(?:{pattern})\\z"
 
 
-def _blank_to_null(col: Column) -> Column:
+def blank_to_null(col: Column) -> Column:
     # As loan.blank_to_null: Spark's trim strips spaces only.
     trimmed = F.trim(col)
     return F.when((trimmed == "") | trimmed.rlike(anchored(BLANK)), None).otherwise(trimmed)
@@ -185,7 +185,7 @@ def row_key(df: DataFrame) -> Column:
     xxhash64 is Spark's own fixed algorithm, so the key is the same on every machine and version.
     """
     whole_row = F.xxhash64(*[F.coalesce(F.col(c), F.lit("")) for c in RAW_COLUMNS])
-    loan_id = _blank_to_null(F.col("id"))
+    loan_id = blank_to_null(F.col("id"))
     return F.when(loan_id.rlike(r"^\d+$"), F.concat(F.lit("id:"), loan_id)).otherwise(
         F.concat(F.lit("h:"), F.lpad(F.hex(whole_row), 16, "0"))
     )
@@ -204,16 +204,16 @@ def classify_rows(
     `REASON` the same joined by "; " for rejected rows.
     """
     columns = [LOAN_COLUMNS[name] for name in application_columns(numeric, categorical, dates)]
-    status = _blank_to_null(F.col("loan_status"))
+    status = blank_to_null(F.col("loan_status"))
     label = F.when(status.isin(*DEFAULT_STATUSES), 1).when(status.isin(*PAID_STATUSES), 0)
     # Parse once into columns, then judge: the checks below refer to the parsed columns by name,
     # which keeps Spark from inlining (and compiling) every parser several times.
     texts = raw.select(
         row_key(raw).alias(KEY_COLUMN),
-        _blank_to_null(F.col("id")).alias("_id"),
+        blank_to_null(F.col("id")).alias("_id"),
         status.alias("loan_status"),
         label.cast("int").alias(LABEL_COLUMN),
-        *[_blank_to_null(F.col(c.name)).alias(f"_text_{c.name}") for c in columns],
+        *[blank_to_null(F.col(c.name)).alias(f"_text_{c.name}") for c in columns],
         *[F.col(c.name).alias(f"raw_{c.name}") for c in columns],
     )
     parsed = texts.select(

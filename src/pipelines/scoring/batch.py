@@ -70,7 +70,7 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     """Every raw record with its input position, key, raw id/status, class and parsed fields."""
     from pyspark.sql import functions as F
 
-    from src.pipelines.preparation.cleaning import classify_rows, read_raw, row_key
+    from src.pipelines.preparation.cleaning import blank_to_null, classify_rows, read_raw, row_key
 
     prep = cfg.prep
     raw = read_raw(spark, input_path, prep.multiline_csv)
@@ -80,7 +80,7 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     blank_status = F.trim(F.coalesce(F.col("loan_status"), F.lit(""))) == ""
     is_footer = ~blank_id & ~F.trim(F.col("id")).rlike(r"^\d+$") & blank_status
     # A loan without an issue month is a new application: issued this month, as the API assumes.
-    blank_issue = F.trim(F.coalesce(F.col(ISSUE_COLUMN), F.lit(""))) == ""
+    blank_issue = blank_to_null(F.col(ISSUE_COLUMN)).isNull()
     judged_input = raw.withColumns(
         {
             "loan_status": F.when(is_footer, F.col("loan_status")).otherwise(
