@@ -277,9 +277,11 @@ def loans(request: pytest.FixtureRequest, spark: Any) -> tuple[Case, Any, Any]:
         cfg = request.getfixturevalue("synthetic_loans_project")
         name = f"loans-synthetic-{LOAN_ROWS}-seed{LOAN_SEED}"
     else:
+        from tests.conftest import REAL_SAMPLE, SUBSAMPLE_ROWS
+
         cfg = request.getfixturevalue("split_project")
-        source = Path(str(cfg.data.file_path)).name
-        name = f"loans-{source}"
+        source = "real" if REAL_SAMPLE.is_file() else "synthetic"
+        name = f"loans-{source}-subsample-{SUBSAMPLE_ROWS}"
     return _loans_case(spark, name, cfg)
 
 
