@@ -331,9 +331,8 @@ class RegisterRequest(Message):
     train_sup: TrainSupResult
     train_unsup: TrainUnsupResult
     evaluate: EvaluateResult
-    split: SplitResult | None = Field(
-        default=None, description="for the model card's data periods; read from reports/ if absent"
-    )
+    split: SplitResult = Field(description="for the model card's data periods")
+    fetch: FetchResult = Field(description="for the model card's data source")
 
 
 class RegisterResult(StageResult):

@@ -136,13 +136,14 @@ STAGES: dict[str, Stage] = {
         Stage(
             "register",
             "src.agents.registry_agent:RegistryAgent",
-            ("split", "train_sup", "train_unsup", "evaluate"),
+            ("fetch", "split", "train_sup", "train_unsup", "evaluate"),
             lambda _, up: RegisterRequest(
                 test=up["split"].test,
                 train_sup=up["train_sup"],
                 train_unsup=up["train_unsup"],
                 evaluate=up["evaluate"],
                 split=up["split"],
+                fetch=up["fetch"],
             ),
         ),
     )

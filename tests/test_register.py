@@ -22,6 +22,7 @@ import pytest
 from src.agents.registry_agent import CHALLENGER, CHAMPION, Floor, RegistryAgent, decide
 from src.contracts import (
     EvaluateResult,
+    FetchResult,
     RegisterRequest,
     RegisterResult,
     SplitResult,
@@ -73,6 +74,7 @@ class Upstream:
     train_sup: TrainSupResult
     train_unsup: TrainUnsupResult
     evaluate: EvaluateResult
+    fetch: FetchResult
 
     def config(self, retry: dict[str, float] | None = None, **register: Any) -> Any:
         """This project's config with other `register` settings and `supervisor.retry`."""
@@ -90,7 +92,7 @@ class Upstream:
             evaluate = evaluate.model_copy(update={"best_model": best_model})
         return RegisterRequest(
             test=self.split.test, train_sup=self.train_sup, train_unsup=self.train_unsup,
-            evaluate=evaluate, split=self.split,
+            evaluate=evaluate, split=self.split, fetch=self.fetch,
         )
 
     def worst_model(self) -> str:
@@ -104,13 +106,12 @@ def upstream_of(trained_project: Any, **register: Any) -> Upstream:
     from src.supervisor import load_result
 
     results = {s: load_result(trained_project, s)
-               for s in ("split", "train_sup", "train_unsup", "evaluate")}
+               for s in ("split", "train_sup", "train_unsup", "evaluate", "fetch")}
     assert isinstance(results["split"], SplitResult)
     assert isinstance(results["train_sup"], TrainSupResult)
     assert isinstance(results["train_unsup"], TrainUnsupResult)
     assert isinstance(results["evaluate"], EvaluateResult)
-    base = Upstream(trained_project, results["split"], results["train_sup"],
-                    results["train_unsup"], results["evaluate"])
+    base = Upstream(trained_project, *list(results.values()))
     return Upstream(base.config(**{**REGISTER, **register}), *list(results.values()))
 
 

@@ -31,11 +31,9 @@ from src.agents.base import Agent, Skill
 from src.contracts import (
     Artifact,
     Evaluation,
-    FetchResult,
     RegisterRequest,
     RegisterResult,
     SegmentationModel,
-    SplitResult,
     TrainedModel,
 )
 from src.core.bundle import (
@@ -231,15 +229,6 @@ class RegistryAgent(Agent):
         if segmentation is None:
             raise PermanentError(f"register: serving segmentation '{serving}' was not trained")
         return trained, evaluation, segmentation
-
-    def _upstream(self, stage: str) -> Any | None:
-        # Imported here: the supervisor imports this module to register the stage.
-        from src.supervisor import load_result
-
-        try:
-            return load_result(self.cfg, stage, verify=False)
-        except (StaleUpstreamError, KeyError):
-            return None
 
     def _validation_slice(self, spark: Any, request: RegisterRequest) -> Any:
         """The validation slice of the training split: the rows evaluate selected on."""
@@ -558,8 +547,6 @@ class RegistryAgent(Agent):
 
     def _card(self, c: Candidate, version: str) -> str:
         request, trained, spec, parity = c.request, c.trained, c.spec, c.parity
-        split = request.split or self._upstream("split")
-        fetch = self._upstream("fetch")
         return render_model_card(
             ModelCardInput(
                 model_name=self.cfg.registry.model_name,
@@ -581,8 +568,8 @@ class RegistryAgent(Agent):
                 dropped_features=spec.dropped,
                 segmentation=c.segmentation,
                 test_segments=request.evaluate.segments,
-                split=split if isinstance(split, SplitResult) else None,
-                fetch=fetch if isinstance(fetch, FetchResult) else None,
+                split=request.split,
+                fetch=request.fetch,
                 balance=self.cfg.train.balance,
                 train_data_sha256=request.train_sup.train_data_sha256,
                 feature_spec_sha256=spec.sha256(),
