@@ -365,7 +365,7 @@ def _number(value: int | float) -> tuple[float, str]:
     try:
         number = float(value)
     except OverflowError:  # a JSON integer with hundreds of digits
-        number = math.copysign(math.inf, value)
+        number = math.inf if value > 0 else -math.inf
     return number, repr(number) if isinstance(value, float) or math.isinf(number) else str(value)
 
 
