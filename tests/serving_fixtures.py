@@ -152,10 +152,6 @@ def build_serving_bundles(spark: Any, split_project: Any) -> ServingBundles:
 
 
 def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
-    # onnxmltools registers its Spark converters on this import; the register stage's fast tree
-    # reader patches them and needs them loaded first.
-    import onnxmltools.convert.sparkml  # noqa: F401
-
     from src.agents.trainer_agent import load_training_data
     from src.contracts import TrainSupRequest
     from src.pipelines.export.onnx_export import export_classifier
