@@ -30,18 +30,19 @@ from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.tracking import TRACKING_URI_ENV
 from tests.conftest import SMALL_TRAINING
+from tests.stats import auc_lower_bound
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("random_forest", "gbt", "mlp")
+MODELS = tuple(SMALL_TRAINING["train"]["models"])
 FLIPPED: dict[str, Any] = {
     "evaluate": {
         "plots_dir": "reports/evaluate_flipped/plots",
         "metrics_path": "reports/evaluate_flipped/metrics.json",
     }
 }
-# Chance is 0.5; a 1.6k-loan test slice has an AUC standard error of ~0.015.
-MIN_MODEL_AUC = 0.6
+# Honest small models on these loans reach ~0.66 on test; the bound sits 4 standard errors below.
+EXPECTED_MODEL_AUC = 0.66
 MIN_PLOT_BYTES = 5_000
 
 
@@ -103,8 +104,14 @@ def flipped(spark: Any, upstream: Any) -> tuple[Any, EvaluateResult, int]:
     return cfg, result, split.test_side.rows
 
 
-def test_models_and_references_are_evaluated_and_beat_chance(evaluated: Any) -> None:
+def test_models_and_references_are_evaluated_and_beat_chance(
+    evaluated: Any, upstream: Any
+) -> None:
     _, result = evaluated
+    test_side = upstream[1].test_side
+    bound = auc_lower_bound(
+        EXPECTED_MODEL_AUC, test_side.defaults, test_side.rows - test_side.defaults
+    )
     assert set(result.evaluations) == {*MODELS, SUB_GRADE_REFERENCE, LOGISTIC_REFERENCE}
     for name, e in result.evaluations.items():
         assert e.kind == ("model" if name in MODELS else "reference")
@@ -116,7 +123,7 @@ def test_models_and_references_are_evaluated_and_beat_chance(evaluated: Any) -> 
               f"Brier {e.brier:.3f} ECE {e.calibration_error:.3f} threshold "
               f"{e.threshold.value:.3f}")
     for name in MODELS:
-        assert result.evaluations[name].auc_roc >= MIN_MODEL_AUC, result.evaluations[name]
+        assert result.evaluations[name].auc_roc >= bound, (bound, result.evaluations[name])
     # sub_grade alone already ranks loans; a reference below chance would mean a broken join.
     assert result.evaluations[SUB_GRADE_REFERENCE].auc_roc > 0.5
 
