@@ -21,6 +21,8 @@ SMALL = {
             "random_forest": {"numTrees": 30},
             "gbt": {"maxIter": 20},
             "mlp": {"maxIter": 20},
+            "logistic": {"maxIter": 20},
+            "xgboost": {"n_estimators": 30},
         }
     },
     "segment": {"k_range": [3, 4]},
