@@ -24,8 +24,15 @@ BOUND_S = 120.0
 
 
 def _project(split_project: Any, root: Path) -> Path:
-    """A copy of the session's split project with fast supervisor retries."""
-    shutil.copytree(split_project.root, root, ignore=shutil.ignore_patterns("logs", "mlruns*"))
+    """A copy of the session's split project with fast supervisor retries.
+
+    Only fetch → prep → split: the session may have trained in the same folder since.
+    """
+    shutil.copytree(
+        split_project.root, root, ignore=shutil.ignore_patterns("logs", "mlruns*", "models")
+    )
+    for later in ("train_sup", "train_unsup", "evaluate", "register"):
+        (root / "reports" / f"{later}.json").unlink(missing_ok=True)
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["supervisor"]["retry"] = FAST_RETRY

@@ -39,11 +39,25 @@ def trained(trained_project: Any) -> tuple[Any, SplitResult, TrainUnsupResult]:
     return trained_project, split, result
 
 
-def _features_and_predictions(cfg: Any, spark: Any, name: str, path: str) -> tuple[Any, Any]:
+def _features_and_predictions(
+    cfg: Any, spark: Any, name: str, path: str, blank_every: int = 0
+) -> Any:
+    """Each row's segment features and the Spark model's segment; with `blank_every`, every n-th
+    row has one feature (in turn) set to null, so imputation is exercised whatever the data."""
     from pyspark.ml import PipelineModel
+    from pyspark.sql import functions as F
 
     model = PipelineModel.load(str(cfg.path(f"{cfg.segment.models_dir}/{name}/model")))
-    rows = model.transform(spark.read.parquet(str(cfg.path(path))))
+    data = spark.read.parquet(str(cfg.path(path)))
+    if blank_every:
+        row = F.monotonically_increasing_id()
+        features = cfg.segment.features
+        for i, feature in enumerate(features):
+            blank = (row % blank_every == 0) & ((row / blank_every) % len(features) == i)
+            data = data.withColumn(
+                feature, F.when(blank, F.lit(None)).otherwise(F.col(feature))
+            )
+    rows = model.transform(data)
     return rows.select(*cfg.segment.features, "default", PREDICTION).toPandas()
 
 
@@ -100,9 +114,9 @@ def test_numpy_assignment_equals_spark_on_every_test_row(
 ) -> None:
     cfg, split, result = trained
     params = json.loads(cfg.path(result.models[name].params_file.path).read_text())
-    rows = _features_and_predictions(cfg, spark, name, split.test.path)
+    rows = _features_and_predictions(cfg, spark, name, split.test.path, blank_every=7)
     raw = rows[cfg.segment.features].astype("float64").to_numpy()
-    assert np.isnan(raw).any(), "the test split should exercise imputation"
+    assert np.isnan(raw).any(axis=0).all(), "every feature should be imputed on some row"
     assert assign_segment(params, raw) == rows[PREDICTION].astype(int).tolist()
 
 

@@ -3,8 +3,8 @@
 Only the classifier stage is converted: its input is the plain numeric `features` vector that the
 VectorAssembler builds from spec.features; the spec itself runs in numpy (`transform_records`)
 at serving time. Every graph takes `features` as float64, as Spark does: tree ensembles and
-logistic regression are our own float64 graphs (trees.py, linear.py), the MLP is onnxmltools'
-graph in float64, XGBoost is onnxmltools' graph behind a cast to float32 (XGBoost's own precision).
+logistic regression and the MLP are our own float64 graphs (trees.py, linear.py, mlp.py);
+XGBoost is onnxmltools' graph behind a cast to float32 (XGBoost's own precision).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from src.core.feature_spec import FeatureSpec, transform_records
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.export.linear import logistic_regression_model
+from src.pipelines.export.mlp import mlp_model
 from src.pipelines.export.trees import gbt_model, random_forest_model
 from src.pipelines.export.xgboost_export import is_xgboost, xgboost_model
 from src.pipelines.training.classifiers import PROBABILITY_COLUMN
@@ -57,46 +58,6 @@ def assembler_inputs(pipeline: PipelineModel) -> list[str]:
     return list(assemblers[0].getInputCols())
 
 
-def double_precision(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The ONNX graph in float64 (initializers, inputs, outputs): for graphs of standard ops.
-
-    onnxmltools writes the MLP in float32, which moves its probabilities by up to ~1e-6 against
-    Spark's float64; the same Gemm/Sigmoid/Softmax graph in float64 matches Spark to ~1e-15.
-    """
-    from onnx import TensorProto, numpy_helper
-
-    converted = onnx.ModelProto()
-    converted.CopyFrom(model)
-    graph = converted.graph
-    for i, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
-            array = numpy_helper.to_array(tensor).astype("float64")
-            graph.initializer[i].CopyFrom(numpy_helper.from_array(array, tensor.name))
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = TensorProto.DOUBLE
-    onnx.checker.check_model(converted)
-    return converted
-
-
-def _mlp_model(
-    spark: SparkSession,
-    classifier: MultilayerPerceptronClassificationModel,
-    n_features: int,
-    name: str,
-) -> onnx.ModelProto:
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    model = onnxmltools.convert_sparkml(
-        classifier,
-        name,
-        [(ONNX_INPUT, FloatTensorType([None, n_features]))],
-        spark_session=spark,
-    )
-    return double_precision(model)
-
-
 def export_classifier(
     spark: SparkSession, pipeline: PipelineModel, n_features: int, name: str
 ) -> onnx.ModelProto:
@@ -109,7 +70,7 @@ def export_classifier(
     elif isinstance(classifier, LogisticRegressionModel):
         model = logistic_regression_model(classifier, n_features, name)
     elif isinstance(classifier, MultilayerPerceptronClassificationModel):
-        model = _mlp_model(spark, classifier, n_features, name)
+        model = mlp_model(classifier, n_features, name)
     elif is_xgboost(classifier):
         model = xgboost_model(classifier, n_features, name)
     else:
