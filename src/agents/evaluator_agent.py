@@ -54,9 +54,10 @@ from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.core.segment_params import SegmentParams, assign_segment
 from src.core.thresholds import ThresholdScan, profit_at, scan_thresholds
 from src.pipelines.evaluation import plots
-from src.pipelines.evaluation.calibrated import RAW_PROBABILITY_COLUMN, model_calibration
+from src.pipelines.evaluation.calibrated import model_calibration
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.training.calibration import RAW_PROBABILITY_COLUMN
 from src.pipelines.training.classifiers import PROBABILITY_COLUMN
 from src.pipelines.training.references import (
     LOGISTIC_REFERENCE,
