@@ -192,8 +192,10 @@ class TrainSupResult(StageResult):
 
 
 class SegmentProfile(Message):
+    """One risk band on the training split: the clusters pooled into it and their loans."""
+
     band: str
-    cluster: int
+    clusters: list[int]
     size: int
     default_rate: float
     feature_means: dict[str, float]
@@ -205,6 +207,9 @@ class SegmentationModel(Message):
     model_uri: str
     k: int
     selection: dict[int, float] = Field(description="score of each k tried (silhouette or BIC)")
+    bands_per_k: dict[int, int] = Field(
+        description="risk bands left after merging close default rates, for each k tried"
+    )
     path: Artifact
     params_file: Artifact = Field(description="JSON of centres / weights, means, covariances")
     segments: list[SegmentProfile]

@@ -111,13 +111,14 @@ def write_bundle(
 
 def _segmentation(spark: Any, cfg: Any, train_path: Path) -> tuple[Any, Any]:
     from src.core.raw_schema import LABEL_COLUMN
+    from src.pipelines.segmentation.bands import GapRule, merge_clusters
     from src.pipelines.segmentation.clustering import (
-        cluster_stats,
+        band_of_cluster,
+        cluster_risks,
         export_params,
         fit_kmeans,
         fit_preprocessing,
         full_pipeline,
-        order_by_risk,
     )
 
     train = spark.read.parquet(str(train_path))
@@ -127,9 +128,12 @@ def _segmentation(spark: Any, cfg: Any, train_path: Path) -> tuple[Any, Any]:
         preprocessing.model.transform(train), SEGMENT_K, cfg.seed, cfg.segment.max_iter
     )
     pipeline = full_pipeline(preprocessing, kmeans)
-    bands = order_by_risk(
-        cluster_stats(pipeline.transform(train), features, LABEL_COLUMN), cfg.segment.risk_bands
+    # No gap required: one band per cluster, whatever their default rates (serving fixtures).
+    groups = merge_clusters(
+        cluster_risks(pipeline.transform(train), LABEL_COLUMN), GapRule(0.0, 0.0, 1.0),
+        len(cfg.segment.risk_bands),
     )
+    bands = band_of_cluster(groups, cfg.segment.risk_bands)
     return export_params("kmeans", features, preprocessing, kmeans, bands), pipeline
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from src.contracts import SplitResult, TrainUnsupResult
 from src.core.segment_params import MODEL_NAMES, assign_segment
+from src.pipelines.segmentation.bands import GapRule, RiskGroup, choose_k
 from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
     PREDICTION,
@@ -37,6 +38,16 @@ def trained(trained_project: Any) -> tuple[Any, SplitResult, TrainUnsupResult]:
     result = load_result(trained_project, "train_unsup")
     assert isinstance(split, SplitResult) and isinstance(result, TrainUnsupResult)
     return trained_project, split, result
+
+
+def _gap_rule(cfg: Any) -> GapRule:
+    test_fraction = cfg.split.test_fraction
+    return GapRule(cfg.segment.min_band_gap, cfg.segment.band_gap_z,
+                   test_fraction / (1 - test_fraction))
+
+
+def _group(segment: Any) -> RiskGroup:
+    return RiskGroup(tuple(segment.clusters), segment.size, segment.default_rate * segment.size)
 
 
 def _features_and_predictions(
@@ -69,11 +80,15 @@ def test_both_models_chose_k_within_range(trained: Any) -> None:
     for model in result.models.values():
         assert low <= model.k <= high
         assert sorted(model.selection) == list(range(low, high + 1))
-        assert len(model.segments) == model.k
+        assert sorted(model.bands_per_k) == sorted(model.selection)
+        assert len(model.segments) == model.bands_per_k[model.k]
+        clusters = sorted(c for s in model.segments for c in s.clusters)
+        assert clusters == list(range(model.k))
         assert sum(s.size for s in model.segments) == trained[1].train.rows
     kmeans, gmm = result.models["kmeans"], result.models["gmm"]
-    assert kmeans.k == max(kmeans.selection, key=kmeans.selection.__getitem__)
-    assert gmm.k == min(gmm.selection, key=gmm.selection.__getitem__)
+    # The most risk bands first; then the best silhouette (kmeans) or BIC (gmm).
+    assert kmeans.k == choose_k(kmeans.selection, kmeans.bands_per_k, higher_is_better=True)
+    assert gmm.k == choose_k(gmm.selection, gmm.bands_per_k, higher_is_better=False)
     assert all(-1.0 <= s <= 1.0 for s in kmeans.selection.values())
 
 
@@ -94,18 +109,35 @@ def test_bands_strictly_ordered_by_training_default_rate(trained: Any) -> None:
     for model in result.models.values():
         rates = [s.default_rate for s in model.segments]
         assert all(a < b for a, b in itertools.pairwise(rates)), rates
-        assert [s.band for s in model.segments] == band_names(model.k, cfg.segment.risk_bands)
+        bands = band_names(len(model.segments), cfg.segment.risk_bands)
+        assert [s.band for s in model.segments] == bands
+        rule = _gap_rule(cfg)
+        for low, high in itertools.pairwise(model.segments):
+            assert rule.separates(_group(low), _group(high)), (low.band, high.band)
         assert model.segments[0].band == cfg.segment.risk_bands[0]
         assert model.segments[-1].band == cfg.segment.risk_bands[-1]
 
 
-def test_extreme_bands_keep_their_order_on_the_test_split(trained: Any, spark: Any) -> None:
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bands_keep_their_order_and_gaps_on_the_test_split(
+    trained: Any, spark: Any, name: str
+) -> None:
     cfg, split, result = trained
-    serving = result.models[result.serving_model]
-    rows = _features_and_predictions(cfg, spark, serving.name, split.test.path)
-    rates = rows.groupby(PREDICTION)["default"].mean()
-    safest, riskiest = serving.segments[0].cluster, serving.segments[-1].cluster
-    assert rates[safest] < rates[riskiest], rates.to_dict()
+    model = result.models[name]
+    rows = _features_and_predictions(cfg, spark, name, split.test.path)
+    band_of = {c: s.band for s in model.segments for c in s.clusters}
+    test = rows.assign(band=rows[PREDICTION].map(band_of)).groupby("band")["default"]
+    rates, sizes = test.mean(), test.size()
+    assert set(rates.index) == {s.band for s in model.segments}
+    for low, high in itertools.pairwise(model.segments):
+        train_gap = high.default_rate - low.default_rate
+        test_gap = rates[high.band] - rates[low.band]
+        # The gap is re-measured on independent loans: 4 standard errors of the difference.
+        se = np.sqrt(sum(r * (1 - r) / n for r, n in (
+            (low.default_rate, low.size), (high.default_rate, high.size),
+            (rates[low.band], sizes[low.band]), (rates[high.band], sizes[high.band]))))
+        assert test_gap > 0, (low.band, high.band, rates.to_dict())
+        assert test_gap >= train_gap - 4 * se, (low.band, high.band, test_gap, train_gap, se)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -24,19 +24,21 @@ from src.contracts import (
 )
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.core.segment_params import MODEL_NAMES, ModelName
+from src.pipelines.segmentation.bands import GapRule
 from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
     PREDICTION,
+    Candidates,
     Preprocessing,
-    Selection,
-    cluster_stats,
+    Segmentation,
+    band_stats,
+    choose_segmentation,
     export_params,
     fit_preprocessing,
     full_pipeline,
-    order_by_risk,
+    gmm_candidates,
+    kmeans_candidates,
     plot_profiles,
-    select_gmm,
-    select_kmeans,
 )
 from src.utils.atomic import atomic_path, atomic_write_json
 from src.utils.errors import DataError
@@ -54,8 +56,12 @@ REPORT_FILE = "segments.json"
 # Pinned into the logged model, so `mlflow models serve` rebuilds the environment that trained it.
 PIP_PACKAGES = ("pyspark", "mlflow", "numpy", "pandas", "pyarrow")
 BAND_RULE = (
-    "clusters ordered by observed training default rate; with k clusters the band names are an "
-    "evenly spread subset of segment.risk_bands, first and last always kept"
+    "clusters ordered by observed training default rate; the closest adjacent pair is pooled "
+    "until every adjacent gap is at least segment.min_band_gap plus segment.band_gap_z standard "
+    "errors of the gap as the test split will measure it, and there are no more bands than "
+    "segment.risk_bands; k is the one giving the most bands, then the best silhouette (kmeans) "
+    "or BIC (gmm); band names are an evenly spread subset of segment.risk_bands, first and last "
+    "always kept"
 )
 
 
@@ -123,12 +129,17 @@ class SegmenterAgent(Agent):
             serving_model=seg.serving_model, models=models, profile_plot=str(seg.profile_plot)
         )
 
-    def _select(self, name: ModelName, scaled: DataFrame, rows: int) -> Selection:
+    def _select(self, name: ModelName, scaled: DataFrame, rows: int) -> Segmentation:
         seg = self.cfg.segment
         ks = list(range(seg.k_range[0], seg.k_range[1] + 1))
-        if name == "kmeans":
-            return select_kmeans(scaled, ks, self.cfg.seed, seg.max_iter)
-        return select_gmm(scaled, ks, self.cfg.seed, seg.max_iter, rows)
+        candidates: Candidates = (
+            kmeans_candidates(scaled, ks, self.cfg.seed, seg.max_iter)
+            if name == "kmeans"
+            else gmm_candidates(scaled, ks, self.cfg.seed, seg.max_iter, rows)
+        )
+        test_fraction = self.cfg.split.test_fraction
+        rule = GapRule(seg.min_band_gap, seg.band_gap_z, test_fraction / (1.0 - test_fraction))
+        return choose_segmentation(candidates, scaled, LABEL_COLUMN, rule, seg.risk_bands)
 
     def _train_one(
         self,
@@ -142,15 +153,12 @@ class SegmenterAgent(Agent):
         seg = self.cfg.segment
         started = time.perf_counter()
         selection = self._select(name, scaled, rows)
-        stats = cluster_stats(selection.model.transform(scaled), seg.features, LABEL_COLUMN)
-        bands = order_by_risk(stats, seg.risk_bands)
-        profiles = sorted(
-            (SegmentProfile(band=bands[s.cluster], **s.model_dump()) for s in stats),
-            key=lambda p: (p.default_rate, p.cluster),
-        )
-        rates = [p.default_rate for p in profiles]
-        if len(set(rates)) < len(rates):
-            log.warning("train_unsup.tied_default_rates", model=name, default_rates=rates)
+        bands = selection.bands
+        profiles = [
+            SegmentProfile(**s.model_dump())
+            for s in band_stats(selection.model.transform(scaled), bands, seg.features,
+                                LABEL_COLUMN)
+        ]
         params = export_params(name, seg.features, preprocessing, selection.model, bands)
         pipeline = full_pipeline(preprocessing, selection.model)
 
@@ -163,8 +171,10 @@ class SegmenterAgent(Agent):
 
         run_id, model_uri = self._log_run(name, request, selection, profiles, pipeline,
                                           model_dir / PARAMS_FILE, rows, experiment_id)
-        log.info("train_unsup.model", model=name, k=selection.k, metric=selection.metric,
-                 scores={k: round(v, 4) for k, v in selection.scores.items()},
+        log.info("train_unsup.model", model=name, k=selection.k,
+                 metric=selection.candidates.metric,
+                 scores={k: round(v, 4) for k, v in selection.candidates.scores.items()},
+                 bands_per_k=selection.bands_per_k,
                  default_rates={p.band: round(p.default_rate, 4) for p in profiles},
                  sizes={p.band: p.size for p in profiles}, train_seconds=train_seconds,
                  run_id=run_id)
@@ -173,7 +183,8 @@ class SegmenterAgent(Agent):
             run_id=run_id,
             model_uri=model_uri,
             k=selection.k,
-            selection=selection.scores,
+            selection=selection.candidates.scores,
+            bands_per_k=selection.bands_per_k,
             path=self._artifact(model_dir / MODEL_SUBDIR),
             params_file=self._artifact(model_dir / PARAMS_FILE),
             segments=profiles,
@@ -183,7 +194,7 @@ class SegmenterAgent(Agent):
         self,
         name: ModelName,
         request: TrainUnsupRequest,
-        selection: Selection,
+        selection: Segmentation,
         profiles: list[SegmentProfile],
         pipeline: Any,
         params_file: Path,
@@ -209,11 +220,16 @@ class SegmenterAgent(Agent):
                 "k_range": f"{seg.k_range[0]}-{seg.k_range[1]}",
                 "max_iter": seg.max_iter,
                 "seed": self.cfg.seed,
-                "selection_metric": selection.metric,
+                "selection_metric": selection.candidates.metric,
+                "min_band_gap": seg.min_band_gap,
+                "band_gap_z": seg.band_gap_z,
                 "train_rows": rows,
             })
             mlflow.log_metric("chosen_k", selection.k)
-            for metric, values in {selection.metric: selection.scores, **selection.extra}.items():
+            chosen = selection.candidates
+            per_k = {chosen.metric: chosen.scores, **chosen.extra,
+                     "bands": {k: float(b) for k, b in selection.bands_per_k.items()}}
+            for metric, values in per_k.items():
                 for k, value in values.items():
                     mlflow.log_metric(metric, value, step=k)
             for p in profiles:
@@ -239,6 +255,7 @@ class SegmenterAgent(Agent):
                     "k": m.k,
                     "run_id": m.run_id,
                     "selection": {str(k): v for k, v in m.selection.items()},
+                    "bands_per_k": {str(k): b for k, b in m.bands_per_k.items()},
                     "segments": [p.model_dump(mode="json") for p in m.segments],
                 }
                 for name, m in models.items()

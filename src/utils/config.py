@@ -199,17 +199,19 @@ class SegmentConfig(Section):
     features: list[str]
     k_range: tuple[int, int]
     max_iter: int = Field(gt=0)
-    risk_bands: list[str]
+    risk_bands: list[str] = Field(min_length=2)
+    min_band_gap: float = Field(ge=0, lt=1)
+    band_gap_z: float = Field(ge=0)
     serving_model: Literal["kmeans", "gmm"]
     profile_plot: Path
 
     @model_validator(mode="after")
-    def _enough_bands(self) -> SegmentConfig:
+    def _valid_range(self) -> SegmentConfig:
         low, high = self.k_range
         if not 2 <= low <= high:
             raise ValueError("segment.k_range: need 2 <= low <= high")
-        if len(self.risk_bands) < high:
-            raise ValueError(f"segment.risk_bands: {high} clusters need {high} band names")
+        if len(set(self.risk_bands)) < len(self.risk_bands):
+            raise ValueError("segment.risk_bands: names must be distinct")
         return self
 
 

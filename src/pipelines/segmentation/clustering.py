@@ -29,6 +29,13 @@ from src.core.segment_params import (
     ModelName,
     SegmentParams,
 )
+from src.pipelines.segmentation.bands import (
+    ClusterRisk,
+    GapRule,
+    RiskGroup,
+    choose_k,
+    merge_clusters,
+)
 from src.utils.atomic import atomic_path
 
 FILLED_PREFIX = "seg_filled_"
@@ -97,13 +104,13 @@ def fit_preprocessing(train: DataFrame, features: Sequence[str]) -> Preprocessin
 
 
 @dataclass(frozen=True)
-class Selection:
-    """Outcome of trying every k: the score of each, the chosen k and its fitted model."""
+class Candidates:
+    """Every k tried: its fitted model, its clustering score and other per-k figures."""
 
     metric: str
+    higher_is_better: bool
+    models: dict[int, Transformer]
     scores: dict[int, float]
-    k: int
-    model: Transformer
     extra: dict[str, dict[int, float]]
 
 
@@ -136,32 +143,27 @@ def fit_gmm(scaled: DataFrame, k: int, seed: int, max_iter: int) -> GaussianMixt
     ).fit(scaled)
 
 
-def select_kmeans(scaled: DataFrame, ks: Sequence[int], seed: int, max_iter: int) -> Selection:
-    """Fit KMeans for every k and keep the highest silhouette (squared Euclidean)."""
+def kmeans_candidates(
+    scaled: DataFrame, ks: Sequence[int], seed: int, max_iter: int
+) -> Candidates:
+    """KMeans for every k, scored by silhouette (squared Euclidean; higher is better)."""
     evaluator = ClusteringEvaluator(
         featuresCol=FEATURES_VECTOR, predictionCol=PREDICTION, metricName="silhouette"
     )
-
-    def fit(k: int) -> tuple[KMeansModel, float]:
-        model = fit_kmeans(scaled, k, seed, max_iter)
-        return model, float(evaluator.evaluate(model.transform(scaled)))
-
-    fitted = {k: fit(k) for k in ks}
-    scores = {k: score for k, (_, score) in fitted.items()}
-    costs = {k: float(model.summary.trainingCost) for k, (model, _) in fitted.items()}
-    best = max(ks, key=lambda k: (scores[k], -k))
-    return Selection("silhouette", scores, best, fitted[best][0], {"training_cost": costs})
+    models = {k: fit_kmeans(scaled, k, seed, max_iter) for k in ks}
+    scores = {k: float(evaluator.evaluate(m.transform(scaled))) for k, m in models.items()}
+    costs = {k: float(m.summary.trainingCost) for k, m in models.items()}
+    return Candidates("silhouette", True, dict(models), scores, {"training_cost": costs})
 
 
-def select_gmm(
+def gmm_candidates(
     scaled: DataFrame, ks: Sequence[int], seed: int, max_iter: int, rows: int
-) -> Selection:
-    """Fit a Gaussian mixture for every k and keep the lowest BIC."""
+) -> Candidates:
+    """A Gaussian mixture for every k, scored by BIC (lower is better)."""
     models = {k: fit_gmm(scaled, k, seed, max_iter) for k in ks}
     log_likelihoods = {k: float(m.summary.logLikelihood) for k, m in models.items()}
     scores = {k: gmm_bic(log_likelihoods[k], k, models[k].numFeatures, rows) for k in ks}
-    best = min(ks, key=lambda k: (scores[k], k))
-    return Selection("bic", scores, best, models[best], {"log_likelihood": log_likelihoods})
+    return Candidates("bic", False, dict(models), scores, {"log_likelihood": log_likelihoods})
 
 
 def full_pipeline(preprocessing: Preprocessing, cluster_model: Transformer) -> PipelineModel:
@@ -186,21 +188,40 @@ def band_names(k: int, names: Sequence[str]) -> list[str]:
     return [names[round(i * step)] for i in range(k)]
 
 
-class ClusterStats(BaseModel):
-    """Training-split statistics of one cluster."""
+def cluster_risks(predictions: DataFrame, label: str) -> list[ClusterRisk]:
+    """Size and observed default rate of every cluster (one small aggregate)."""
+    rows = (
+        predictions.groupBy(PREDICTION)
+        .agg(F.count(F.lit(1)).alias("_size"), F.avg(F.col(label).cast("double")).alias("_rate"))
+        .collect()
+    )
+    return [ClusterRisk(int(r[PREDICTION]), int(r["_size"]), float(r["_rate"])) for r in rows]
 
-    cluster: int
+
+def band_of_cluster(groups: Sequence[RiskGroup], names: Sequence[str]) -> dict[int, str]:
+    """Map cluster id → band name: groups in risk order, names spread with the ends pinned."""
+    bands = band_names(len(groups), names)
+    return {c: band for group, band in zip(groups, bands, strict=True) for c in group.clusters}
+
+
+class BandStats(BaseModel):
+    """Training-split statistics of one risk band."""
+
+    band: str
+    clusters: list[int]
     size: int
     default_rate: float
     feature_means: dict[str, float]
 
 
-def cluster_stats(
-    predictions: DataFrame, features: Sequence[str], label: str
-) -> list[ClusterStats]:
-    """Size, observed default rate and raw feature means (missing values skipped) per cluster."""
+def band_stats(
+    predictions: DataFrame, bands: dict[int, str], features: Sequence[str], label: str
+) -> list[BandStats]:
+    """Size, default rate and raw feature means (missing skipped) per band, in risk order."""
+    band_column = F.create_map(*[F.lit(x) for c, b in sorted(bands.items()) for x in (c, b)])
     rows = (
-        predictions.groupBy(PREDICTION)
+        predictions.withColumn("_band", band_column[F.col(PREDICTION)])
+        .groupBy("_band")
         .agg(
             F.count(F.lit(1)).alias("_size"),
             F.avg(F.col(label).cast("double")).alias("_rate"),
@@ -208,22 +229,47 @@ def cluster_stats(
         )
         .collect()
     )
-    return [
-        ClusterStats(
-            cluster=int(r[PREDICTION]),
+    stats = [
+        BandStats(
+            band=r["_band"],
+            clusters=sorted(c for c, b in bands.items() if b == r["_band"]),
             size=int(r["_size"]),
             default_rate=float(r["_rate"]),
             feature_means={f: float(r[f]) if r[f] is not None else math.nan for f in features},
         )
         for r in rows
     ]
+    return sorted(stats, key=lambda s: (s.default_rate, s.band))
 
 
-def order_by_risk(stats: Sequence[ClusterStats], names: Sequence[str]) -> dict[int, str]:
-    """Map cluster id → band: clusters sorted by observed default rate, lowest to the first band."""
-    ordered = sorted(stats, key=lambda s: (s.default_rate, s.cluster))
-    bands = band_names(len(ordered), names)
-    return {s.cluster: band for s, band in zip(ordered, bands, strict=True)}
+@dataclass(frozen=True)
+class Segmentation:
+    """The chosen k, its model and band of every cluster, and the bands every k tried gave."""
+
+    candidates: Candidates
+    k: int
+    model: Transformer
+    bands: dict[int, str]
+    bands_per_k: dict[int, int]
+
+
+def choose_segmentation(
+    candidates: Candidates, scaled: DataFrame, label: str, rule: GapRule, names: Sequence[str]
+) -> Segmentation:
+    """Band every k's clusters under `rule`; keep the k with the most bands, then the best score."""
+    groups = {
+        k: merge_clusters(cluster_risks(m.transform(scaled), label), rule, len(names))
+        for k, m in candidates.models.items()
+    }
+    bands_per_k = {k: len(g) for k, g in groups.items()}
+    k = choose_k(candidates.scores, bands_per_k, candidates.higher_is_better)
+    return Segmentation(
+        candidates=candidates,
+        k=k,
+        model=candidates.models[k],
+        bands=band_of_cluster(groups[k], names),
+        bands_per_k=bands_per_k,
+    )
 
 
 # --- export and numpy assignment -----------------------------------------------------------------
