@@ -62,6 +62,10 @@ def main() -> int:
         nargs="+",
         default=["fetch", "prep", "split", "train_sup", "train_unsup", "evaluate", "register"],
     )
+    parser.add_argument(
+        "--keep", type=Path, default=None,
+        help="run in this folder and keep it (reports, models, mlruns) instead of a temporary one",
+    )
     args = parser.parse_args()
     if not args.sample.is_file():
         print(
@@ -71,7 +75,8 @@ def main() -> int:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="file", file_path=str(args.sample.resolve()))
     with tempfile.TemporaryDirectory(prefix="credit-risk-bench-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) if args.keep is None else args.keep.resolve()
+        root.mkdir(parents=True, exist_ok=True)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         print(f"bench: {args.sample.name}, {os.cpu_count()} cores, one process per stage")
         print(f"{'stage':<12} {'wall s':>8} {'peak MiB':>9}")
@@ -91,7 +96,31 @@ def main() -> int:
                 print(f"bench: stage {stage} failed (exit {code})", file=sys.stderr)
                 return code
         print_metrics(root / "reports" / "metrics.json")
+        print_segments(root / "reports" / "train_unsup.json")
+        print_registration(root / "reports" / "register.json")
     return 0
+
+
+def print_segments(path: Path) -> None:
+    """Each segmentation's bands on the training split, and the bands every k gave."""
+    if not path.is_file():
+        return
+    result = json.loads(path.read_text())
+    for name, model in result["models"].items():
+        bands = ", ".join(
+            f"{s['band']} {100 * s['default_rate']:.1f}% (n={s['size']:,})"
+            for s in model["segments"]
+        )
+        print(f"\nsegments {name}: k={model['k']}, bands per k {model['bands_per_k']}: {bands}")
+
+
+def print_registration(path: Path) -> None:
+    """The register stage's decision and ONNX parity."""
+    if not path.is_file():
+        return
+    r = json.loads(path.read_text())
+    print(f"\nregistered v{r['version']} as {r['alias']}: {r['decision']}")
+    print(f"ONNX parity (max |ONNX - Spark|): {r['onnx_max_abs_diff']:.2e}")
 
 
 def print_metrics(path: Path) -> None:
