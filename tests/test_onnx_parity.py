@@ -7,8 +7,6 @@ stored or compared in the wrong precision sends a row down the other branch.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +30,6 @@ PROBE_ROWS = 600
 SPLITS_PER_PROBE = 4
 FEATURES = "features"
 WEIGHT = "class_weight"
-
-# xgboost.spark trains in Python workers, which must run this venv's interpreter; Spark reads the
-# variable when the session starts, so it is set at collection, before the session fixture runs.
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 @dataclass
