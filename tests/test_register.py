@@ -98,7 +98,7 @@ class Upstream:
     def worst_model(self) -> str:
         metric = self.evaluate.primary_metric
         models = [e for e in self.evaluate.evaluations.values() if e.kind == "model"]
-        return min(models, key=lambda e: getattr(e, metric)).name
+        return min(models, key=lambda e: getattr(e.test, metric)).name
 
 
 def upstream_of(trained_project: Any, **register: Any) -> Upstream:
