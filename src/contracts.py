@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Message(BaseModel):
@@ -261,44 +261,44 @@ class SliceMetrics(Message):
     brier: float
     log_loss: float
     calibration_error: float = Field(description="expected calibration error (ECE)")
+    sample_rows: int | None = Field(
+        default=None,
+        description="rows of the seeded driver sample the bootstrap intervals (and, on "
+        "validation, the threshold scan) used; the point figures are on all `rows`",
+    )
 
 
 class Evaluation(Message):
-    """Test-split metrics of one model or reference (reported only), and its validation metrics.
-
-    The top-level figures are on the test split; `validation` holds the same figures on the
-    validation slice of the training split, the data the best model is chosen on.
+    """One model or reference: its test metrics (reported only), its validation metrics (the
+    selection data) and the decision figures on test at the threshold chosen on validation.
     """
 
     name: str
     kind: Literal["model", "reference"]
-    auc_roc: float
-    auc_roc_ci: Interval
-    auc_pr: float
-    auc_pr_ci: Interval
-    ks: float
-    gini: float
-    brier: float
-    log_loss: float
-    calibration_error: float
+    test: SliceMetrics
+    validation: SliceMetrics | None = Field(
+        default=None, description="the same metrics on the validation slice (selection data)"
+    )
     threshold: ThresholdChoice
     precision: float
     recall: float
     f1: float
     confusion: ConfusionMatrix
-    validation: SliceMetrics | None = Field(
-        default=None, description="the same metrics on the validation slice (selection data)"
-    )
     calibrated: bool = Field(
         default=False, description="probabilities went through the model's calibration table"
     )
 
-    def test_metrics(self) -> SliceMetrics:
-        """The top-level figures, which are on the test split, as SliceMetrics."""
-        c = self.confusion
-        shared = set(SliceMetrics.model_fields) - {"data", "rows"}
-        return SliceMetrics(data="test", rows=c.tn + c.fp + c.fn + c.tp,
-                            **self.model_dump(include=shared))
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_legacy_test_figures(cls, data: Any) -> Any:
+        # Bundles registered before `test` existed carry the test figures at the top level.
+        if not isinstance(data, dict) or "test" in data or "auc_roc" not in data:
+            return data
+        shared = set(SliceMetrics.model_fields) - {"data", "rows", "sample_rows"}
+        confusion = ConfusionMatrix.model_validate(data["confusion"])
+        rows = confusion.tn + confusion.fp + confusion.fn + confusion.tp
+        test = {"data": "test", "rows": rows, **{k: data[k] for k in shared if k in data}}
+        return {**{k: v for k, v in data.items() if k not in shared}, "test": test}
 
 
 class SegmentEvaluation(Message):

@@ -61,12 +61,15 @@ _CACHE: dict[str, ServingBundles] = {}
 
 def placeholder_evaluation(name: str) -> Any:
     """An Evaluation for serving.json: the test bundles are not evaluated (numbers are dummies)."""
-    from src.contracts import ConfusionMatrix, Evaluation, Interval, ThresholdChoice
+    from src.contracts import ConfusionMatrix, Evaluation, Interval, SliceMetrics, ThresholdChoice
 
+    test = SliceMetrics(
+        data="test", rows=0, auc_roc=0.5, auc_roc_ci=Interval(low=0.5, high=0.5), auc_pr=0.15,
+        auc_pr_ci=Interval(low=0.15, high=0.15), ks=0.0, gini=0.0, brier=0.0, log_loss=0.0,
+        calibration_error=0.0,
+    )
     return Evaluation(
-        name=name, kind="model", auc_roc=0.5, auc_roc_ci=Interval(low=0.5, high=0.5),
-        auc_pr=0.15, auc_pr_ci=Interval(low=0.15, high=0.15), ks=0.0, gini=0.0, brier=0.0,
-        log_loss=0.0, calibration_error=0.0,
+        name=name, kind="model", test=test,
         threshold=ThresholdChoice(rule="f1", value=THRESHOLD, chosen_on="test fixture"),
         precision=0.0, recall=0.0, f1=0.0, confusion=ConfusionMatrix(tn=0, fp=0, fn=0, tp=0),
     )

@@ -117,15 +117,16 @@ def test_models_and_references_are_evaluated_and_beat_chance(
         assert e.kind == ("model" if name in MODELS else "reference")
         v = e.validation
         assert v is not None and v.data == "validation"
+        t = e.test
         print(f"{name:15s} validation AUC {v.auc_roc:.3f} [{v.auc_roc_ci.low:.3f}, "
-              f"{v.auc_roc_ci.high:.3f}] ECE {v.calibration_error:.3f} | test AUC {e.auc_roc:.3f} "
-              f"[{e.auc_roc_ci.low:.3f}, {e.auc_roc_ci.high:.3f}] AP {e.auc_pr:.3f} KS {e.ks:.3f} "
-              f"Brier {e.brier:.3f} ECE {e.calibration_error:.3f} threshold "
+              f"{v.auc_roc_ci.high:.3f}] ECE {v.calibration_error:.3f} | test AUC {t.auc_roc:.3f} "
+              f"[{t.auc_roc_ci.low:.3f}, {t.auc_roc_ci.high:.3f}] AP {t.auc_pr:.3f} KS {t.ks:.3f} "
+              f"Brier {t.brier:.3f} ECE {t.calibration_error:.3f} threshold "
               f"{e.threshold.value:.3f}")
     for name in MODELS:
-        assert result.evaluations[name].auc_roc >= bound, (bound, result.evaluations[name])
+        assert result.evaluations[name].test.auc_roc >= bound, (bound, result.evaluations[name])
     # sub_grade alone already ranks loans; a reference below chance would mean a broken join.
-    assert result.evaluations[SUB_GRADE_REFERENCE].auc_roc > 0.5
+    assert result.evaluations[SUB_GRADE_REFERENCE].test.auc_roc > 0.5
 
 
 def test_every_metric_is_in_range(evaluated: Any, upstream: Any) -> None:
@@ -139,7 +140,7 @@ def test_every_metric_is_in_range(evaluated: Any, upstream: Any) -> None:
         for value in (e.precision, e.recall, e.f1, e.threshold.value):
             assert 0.0 <= value <= 1.0, e
         assert e.validation is not None
-        for m in (e.validation, e.test_metrics()):
+        for m in (e.validation, e.test):
             for value in (m.auc_roc, m.auc_pr, m.ks, m.brier, m.calibration_error):
                 assert 0.0 <= value <= 1.0, m
             assert m.auc_roc_ci.low <= m.auc_roc <= m.auc_roc_ci.high
@@ -166,7 +167,7 @@ def test_thresholds_come_from_the_validation_slice(
         # Validation figures do not see the test labels at all.
         assert other.validation == e.validation, name
         # Flipping the test labels mirrors the ranking metrics: the test data did reach them.
-        assert other.auc_roc == pytest.approx(1 - e.auc_roc, abs=1e-9)
+        assert other.test.auc_roc == pytest.approx(1 - e.test.auc_roc, abs=1e-9)
     # Mirrored test metrics would pick the worst model if selection looked at test.
     assert flipped_result.best_model == result.best_model
     assert flipped_result.selected_on == result.selected_on == "validation"
@@ -196,7 +197,7 @@ def test_metrics_file_matches_the_result(evaluated: Any) -> None:
     assert metrics["selected_on"] == "validation"
     for name, e in result.evaluations.items():
         assert set(metrics[name]) == {"validation", "test"}
-        for data, m in (("validation", e.validation), ("test", e.test_metrics())):
+        for data, m in (("validation", e.validation), ("test", e.test)):
             flat = metrics[name][data]
             assert m is not None and m.data == data
             assert all(isinstance(v, int | float) for v in flat.values()), flat
@@ -253,7 +254,7 @@ def test_metrics_are_in_mlflow(evaluated: Any, upstream: Any) -> None:
     assert runs, "no evaluation run"
     run = min(runs, key=lambda r: r.info.start_time)  # the flipped run may have come after
     for name, e in result.evaluations.items():
-        assert run.data.metrics[f"{name}.test.auc_roc"] == pytest.approx(e.auc_roc)
+        assert run.data.metrics[f"{name}.test.auc_roc"] == pytest.approx(e.test.auc_roc)
         assert e.validation is not None
         assert run.data.metrics[f"{name}.validation.auc_roc"] == pytest.approx(
             e.validation.auc_roc)
@@ -262,11 +263,12 @@ def test_metrics_are_in_mlflow(evaluated: Any, upstream: Any) -> None:
     assert {f"plots/{p.rsplit('/', 1)[-1]}" for p in result.plots} == logged
     for name, model in sup.models.items():
         history = client.get_metric_history(model.run_id, "test_auc_roc")
-        assert any(m.value == pytest.approx(result.evaluations[name].auc_roc) for m in history)
+        assert any(m.value == pytest.approx(result.evaluations[name].test.auc_roc)
+                   for m in history)
         # The trainer's Spark AUC and this numpy AUC are the same number on the same loans (the
         # trainer's is of raw probabilities: a calibration table ties some scores).
         if not result.evaluations[name].calibrated:
-            assert model.test.auc_roc == pytest.approx(result.evaluations[name].auc_roc,
+            assert model.test.auc_roc == pytest.approx(result.evaluations[name].test.auc_roc,
                                                        abs=1e-9)
 
 

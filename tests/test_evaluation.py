@@ -200,3 +200,21 @@ def test_inputs_are_checked() -> None:
         auc_roc(np.array([0, 1.0]), np.array([0.2, 1.2]))
     with pytest.raises(ValueError, match="length"):
         auc_roc(np.array([0, 1.0]), np.array([0.2]))
+
+
+def test_an_evaluation_in_the_old_flat_layout_still_reads() -> None:
+    # serving.json of versions registered before `test` was nested: the champion stays readable.
+    from src.contracts import Evaluation
+
+    flat = {
+        "name": "gbt", "kind": "model", "auc_roc": 0.7, "auc_roc_ci": {"low": 0.68, "high": 0.72},
+        "auc_pr": 0.3, "auc_pr_ci": {"low": 0.28, "high": 0.32}, "ks": 0.3, "gini": 0.4,
+        "brier": 0.12, "log_loss": 0.4, "calibration_error": 0.01,
+        "threshold": {"rule": "profit", "value": 0.2, "chosen_on": "validation"},
+        "precision": 0.3, "recall": 0.5, "f1": 0.37,
+        "confusion": {"tn": 50, "fp": 20, "fn": 10, "tp": 20}, "validation": None,
+    }
+    e = Evaluation.model_validate(flat)
+    assert e.test.data == "test" and e.test.rows == 100
+    assert (e.test.auc_roc, e.test.auc_pr_ci.high, e.test.calibration_error) == (0.7, 0.32, 0.01)
+    assert Evaluation.model_validate_json(e.model_dump_json()) == e

@@ -98,7 +98,7 @@ class Upstream:
     def worst_model(self) -> str:
         metric = self.evaluate.primary_metric
         models = [e for e in self.evaluate.evaluations.values() if e.kind == "model"]
-        return min(models, key=lambda e: getattr(e, metric)).name
+        return min(models, key=lambda e: getattr(e.test, metric)).name
 
 
 def upstream_of(trained_project: Any, **register: Any) -> Upstream:
@@ -243,7 +243,7 @@ def test_first_version_is_champion_and_its_bundle_scores_like_spark(
     assert serving["source_model"] == best and serving["training_run_id"] == trained.run_id
     assert serving["threshold"]["value"] == evaluation.threshold.value
     assert serving["threshold"]["rule"] == evaluation.threshold.rule
-    assert serving["metrics"]["auc_roc"] == evaluation.auc_roc
+    assert serving["metrics"]["test"]["auc_roc"] == evaluation.test.auc_roc
     assert serving["train_data_sha256"] == upstream.train_sup.train_data_sha256
     assert serving["feature_spec_sha256"] == bundle.feature_spec().sha256()
     assert serving["onnx_output"] == "probability"

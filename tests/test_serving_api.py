@@ -69,7 +69,7 @@ def test_health_ready_and_model(client: TestClient) -> None:
     assert info["source_model"] == "random_forest" and info["backend"] == "onnx"
     assert info["threshold"]["value"] == 0.5 and info["threshold"]["rule"] == "f1"
     assert info["features"] and all(":" in f or "=" in f for f in info["features"])
-    assert info["metrics"]["auc_roc"] == 0.5 and info["trained_at"].startswith("2024-01-01")
+    assert info["metrics"]["test"]["auc_roc"] == 0.5 and info["trained_at"].startswith("2024-01-01")
 
 
 def test_not_ready_without_a_bundle(serving_bundles: ServingBundles, tmp_path: Path) -> None:

@@ -468,7 +468,7 @@ class RegistryAgent(Agent):
             "calibration": c.calibration.method,
         }
         # metric.* are test figures (reported only); validation_metric.* what selection saw.
-        tags.update({f"metric.{m}": repr(getattr(evaluation, m)) for m in REPORTED_METRICS})
+        tags.update({f"metric.{m}": repr(getattr(evaluation.test, m)) for m in REPORTED_METRICS})
         if evaluation.validation is not None:
             tags.update({f"validation_metric.{m}": repr(getattr(evaluation.validation, m))
                          for m in REPORTED_METRICS})
@@ -492,7 +492,7 @@ class RegistryAgent(Agent):
                          **({"champion_score": c.champion_score}
                             if c.champion_score is not None else {}),
                          **({"floor_score": c.floor.score} if c.floor is not None else {}),
-                         **{f"test_{m}": getattr(c.evaluation, m) for m in REPORTED_METRICS},
+                         **{f"test_{m}": getattr(c.evaluation.test, m) for m in REPORTED_METRICS},
                          **({f"validation_{m}": getattr(c.evaluation.validation, m)
                              for m in REPORTED_METRICS}
                             if c.evaluation.validation is not None else {})},

@@ -101,6 +101,14 @@ def profit_at(
     """Expected profit per loan of declining every loan with probability ≥ `threshold`."""
     labels, probs = check_inputs(y, p)
     approved = probs < threshold
-    repaid = np.sum(approved & (labels == 0.0))
-    defaults = np.sum(approved & (labels == 1.0))
-    return float((repaid * margin - defaults * loss_given_default) / labels.size)
+    repaid = int(np.sum(approved & (labels == 0.0)))
+    defaults = int(np.sum(approved & (labels == 1.0)))
+    return profit_of_counts(repaid, defaults, labels.size, margin, loss_given_default)
+
+
+def profit_of_counts(
+    approved_repaid: int, approved_defaults: int, rows: int, margin: float,
+    loss_given_default: float,
+) -> float:
+    """Expected profit per loan from the approved loans' counts (true and false negatives)."""
+    return float((approved_repaid * margin - approved_defaults * loss_given_default) / rows)

@@ -225,6 +225,9 @@ class EvaluateConfig(Section):
     primary_metric: Literal["auc_roc", "auc_pr", "ks", "gini"]
     bootstrap_samples: int = Field(ge=10)
     calibration_bins: int = Field(ge=2)
+    # Rows of a slice the driver holds (bootstrap intervals, threshold scan, curves); point
+    # figures are computed in Spark on every row.
+    driver_sample_rows: int = Field(default=50_000, ge=100)
     threshold: ThresholdConfig
     plots_dir: Path
     metrics_path: Path

@@ -26,11 +26,15 @@ def _scored(pred_df: DataFrame, label_col: str, prob_col: str) -> DataFrame:
     return pred_df.select(F.col(label_col).cast("double").alias(_Y), p1.alias(_P1))
 
 
+def log_loss_term(y: Column, p: Column) -> Column:
+    """Binary cross-entropy of one row (label 0/1), its probability clipped at LOG_LOSS_EPS."""
+    clipped = F.least(F.greatest(p, F.lit(LOG_LOSS_EPS)), F.lit(1.0 - LOG_LOSS_EPS))
+    return -(y * F.log(clipped) + (1.0 - y) * F.log(1.0 - clipped))
+
+
 def log_loss(scored: DataFrame) -> float:
     """Mean binary cross-entropy of `_y` against `_p_default`, with clipped probabilities."""
-    p = F.least(F.greatest(F.col(_P1), F.lit(LOG_LOSS_EPS)), F.lit(1.0 - LOG_LOSS_EPS))
-    loss = -(F.col(_Y) * F.log(p) + (1.0 - F.col(_Y)) * F.log(1.0 - p))
-    return float(scored.agg(F.avg(loss)).first()[0])
+    return float(scored.agg(F.avg(log_loss_term(F.col(_Y), F.col(_P1)))).first()[0])
 
 
 def binary_metrics(pred_df: DataFrame, label_col: str, prob_col: str) -> ModelMetrics:

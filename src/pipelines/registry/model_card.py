@@ -116,14 +116,15 @@ def _limits(card: ModelCardInput) -> list[str]:
         limits.append(
             "Classes were balanced in training and no calibration table was fitted, so scores "
             "rank well but overstate the default probability (calibration error on test: "
-            f"{_f(card.evaluation.calibration_error)}); use the decision threshold above, not 0.5."
+            f"{_f(card.evaluation.test.calibration_error)}); use the decision threshold above, "
+            "not 0.5."
         )
     elif card.calibration.method != "identity":
         limits.append(
             f"Probabilities are calibrated by a {card.calibration.method} table fitted on the "
             f"{card.calibration.fitted_on or 'validation'} data ({card.calibration.rows:,} loans): "
             "validation calibration figures are in-sample; the test figures are not "
-            f"(calibration error on test: {_f(card.evaluation.calibration_error)})."
+            f"(calibration error on test: {_f(card.evaluation.test.calibration_error)})."
         )
     limits.append(
         "Serving runs the ONNX export: calibrated probabilities differ from Spark's by at most "
@@ -208,7 +209,7 @@ def render_model_card(card: ModelCardInput) -> str:
     for name, e in card.evaluations.items():
         mark = " **(this version)**" if name == trained.name else ""
         kind = " (reference)" if e.kind == "reference" else ""
-        for m in (e.validation, e.test_metrics()):
+        for m in (e.validation, e.test):
             if m is not None:
                 lines.append(f"| {name}{kind}{mark} | {_slice_row(m)} |")
     floor = (

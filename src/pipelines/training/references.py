@@ -4,12 +4,9 @@ regression on the same feature spec, both fitted on the fit part of the training
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from src.core.feature_spec import FeatureSpec
@@ -30,10 +27,10 @@ class SubGradeReference(BaseModel):
     counts: dict[str, int]
     overall: float = Field(ge=0, le=1)
 
-    def predict(self, sub_grades: Sequence[str | None]) -> np.ndarray:
-        """Probability of default of each loan from its sub_grade alone."""
-        rates = [self.overall if g is None else self.rates.get(g, self.overall) for g in sub_grades]
-        return np.array(rates, dtype=np.float64)
+    def probability(self, sub_grade: Column) -> Column:
+        """Probability of default of each loan from its sub_grade alone (a Spark column)."""
+        rates = F.create_map(*(F.lit(v) for kv in sorted(self.rates.items()) for v in kv))
+        return F.coalesce(F.try_element_at(rates, sub_grade), F.lit(self.overall))
 
 
 def fit_sub_grade(fit: DataFrame) -> SubGradeReference:

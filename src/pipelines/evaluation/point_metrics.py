@@ -1,0 +1,136 @@
+"""Point metrics of a whole scored slice, computed in Spark: only a row per probability bin and one
+row of rank aggregates reach the driver, whatever the slice's size.
+
+A scored slice has the loan key and three doubles: the label `y`, the probability `p` (Brier, log
+loss, calibration, the decision) and the score `rank_score` that ranking metrics order by. Sums are
+exact (integer counts; DECIMAL(38,18) sums of double terms), so a figure does not move with the
+partitioning or the order tasks finish in. scikit-learn computes the same figures on the driver
+sample (src/core/metrics.py); tests/test_evaluation_spark.py checks both agree on the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from src.core.metrics import Confusion
+from src.pipelines.evaluation.spark_metrics import log_loss_term
+from src.utils.errors import DataError
+
+Y = "y"
+P = "p"
+RANK = "rank_score"
+_EXACT = "decimal(38,18)"
+_INVALID_BIN = -1
+
+
+@dataclass(frozen=True)
+class PointMetrics:
+    """Figures of every row of a slice; `confusion` only when a threshold was given."""
+
+    rows: int
+    positives: int
+    auc_roc: float
+    auc_pr: float
+    ks: float
+    brier: float
+    log_loss: float
+    calibration_error: float
+    confusion: Confusion | None
+
+
+def _exact_sum(term: Column) -> Column:
+    return F.sum(term.cast(_EXACT))
+
+
+def _count_where(condition: Column) -> Column:
+    return F.sum(F.when(condition, 1).otherwise(0))
+
+
+def _bin_rows(scored: DataFrame, bins: int, threshold: float | None) -> list:
+    y, p, r = F.col(Y), F.col(P), F.col(RANK)
+    valid = y.isin(0.0, 1.0) & p.between(0.0, 1.0) & r.between(0.0, 1.0)
+    # Equal-width bins over [0, 1], 1.0 in the last one: calibration_bins' arithmetic.
+    index = F.least(F.floor(p * F.lit(float(bins))), F.lit(bins - 1))
+    aggregates = [
+        F.count(F.lit(1)).alias("n"),
+        _count_where(y == 1.0).alias("positives"),
+        _exact_sum(p).alias("sum_p"),
+        _exact_sum((p - y) * (p - y)).alias("sum_squared"),
+        _exact_sum(log_loss_term(y, p)).alias("sum_log_loss"),
+    ]
+    if threshold is not None:
+        declined = p >= F.lit(threshold)
+        aggregates += [
+            _count_where(~declined & (y == 0.0)).alias("tn"),
+            _count_where(declined & (y == 0.0)).alias("fp"),
+            _count_where(~declined & (y == 1.0)).alias("fn"),
+            _count_where(declined & (y == 1.0)).alias("tp"),
+        ]
+    binned = scored.withColumn("bin", F.when(valid, index).otherwise(F.lit(_INVALID_BIN)))
+    return binned.groupBy("bin").agg(*aggregates).orderBy("bin").collect()
+
+
+def _ranking(scored: DataFrame, positives: int, negatives: int) -> tuple[float, float, float]:
+    """AUC-ROC (Mann–Whitney, ties half), average precision and KS over tie groups of the score."""
+    groups = scored.groupBy(RANK).agg(
+        _count_where(F.col(Y) == 1.0).cast("long").alias("pos"),
+        _count_where(F.col(Y) == 0.0).cast("long").alias("neg"),
+    )
+    # Declined at a group's score: every loan scored at or above it (highest score first).
+    above = Window.orderBy(F.col(RANK).desc()).rowsBetween(Window.unboundedPreceding, 0)
+    cumulative = groups.withColumn("tp", F.sum("pos").over(above)).withColumn(
+        "fp", F.sum("neg").over(above)
+    )
+    pos, neg, tp, fp = (F.col(c) for c in ("pos", "neg", "tp", "fp"))
+    row = cumulative.agg(
+        # Σ pos·(2·fp − neg) counts twice the pairs a positive loses or ties: an exact integer.
+        F.sum(pos * (2 * fp - neg)).alias("lost_twice"),
+        _exact_sum(pos * (tp / (tp + fp))).alias("precision_sum"),
+        F.max(tp / F.lit(float(positives)) - fp / F.lit(float(negatives))).alias("ks"),
+    ).first()
+    pairs_twice = 2 * positives * negatives
+    auc = (pairs_twice - int(row["lost_twice"])) / pairs_twice
+    average_precision = float(Decimal(row["precision_sum"]) / positives)
+    # The ROC curve starts at (0, 0): KS is never below 0.
+    return auc, average_precision, max(float(row["ks"]), 0.0)
+
+
+def point_metrics(
+    scored: DataFrame, bins: int, threshold: float | None = None, what: str = "slice"
+) -> PointMetrics:
+    """Ranking, probability and (at `threshold`) decision figures of every row of `scored`."""
+    table = _bin_rows(scored, bins, threshold)
+    invalid = sum(r["n"] for r in table if r["bin"] == _INVALID_BIN)
+    if invalid:
+        raise DataError(
+            f"evaluate: {what} has {invalid} rows whose label is not 0/1 or whose probability is "
+            "missing or outside [0, 1]"
+        )
+    rows = sum(int(r["n"]) for r in table)
+    positives = sum(int(r["positives"]) for r in table)
+    if not 0 < positives < rows:
+        raise DataError(f"evaluate: {what} needs both classes among its {rows} labels")
+    ece = 0.0
+    for r in table:
+        n = int(r["n"])
+        mean_predicted = float(Decimal(r["sum_p"]) / n)
+        ece += n / rows * abs(mean_predicted - int(r["positives"]) / n)
+    auc, average_precision, ks = _ranking(scored, positives, rows - positives)
+    confusion = None
+    if threshold is not None:
+        confusion = Confusion(*(sum(int(r[c]) for r in table) for c in ("tn", "fp", "fn", "tp")))
+    return PointMetrics(
+        rows=rows,
+        positives=positives,
+        auc_roc=auc,
+        auc_pr=average_precision,
+        ks=ks,
+        brier=float(sum(Decimal(r["sum_squared"]) for r in table) / rows),
+        log_loss=float(sum(Decimal(r["sum_log_loss"]) for r in table) / rows),
+        calibration_error=ece,
+        confusion=confusion,
+    )
