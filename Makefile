@@ -57,4 +57,4 @@ bench-scale: $(STAMP)  ## stage time and peak memory vs rows: make bench-scale S
 	$(BIN)/python -m scripts.bench_scale --sizes $(SIZES) $(ARGS)
 
 clean:  ## remove pipeline outputs (data, models, reports, logs, mlruns); keeps .venv
-	rm -rf data/raw data/processed data/split models mlruns logs reports/*.json reports/plots
+	rm -rf data/raw data/processed data/split models mlruns logs reports/*.json reports/plots .cache

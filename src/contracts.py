@@ -360,6 +360,16 @@ class RegisterResult(StageResult):
     onnx_max_abs_diff: float
     bundle: Artifact
     model_card: str
+    scored_rows: int | None = Field(
+        default=None,
+        description="validation loans (a seeded sample of at most register.parity_sample_rows) "
+        "that `score`, `champion_score` and the ONNX parity are on",
+    )
+    floor_candidate_score: float | None = Field(
+        default=None,
+        description="this version's own figure from evaluate on the whole validation slice, "
+        "set against `floor_score`",
+    )
 
 
 # --- score (batch) -------------------------------------------------------------------------------

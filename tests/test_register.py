@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from src.agents.registry_agent import CHALLENGER, CHAMPION, Floor, RegistryAgent, decide
+from src.agents.registry_agent import RegistryAgent
 from src.contracts import (
     EvaluateResult,
     FetchResult,
@@ -41,6 +41,7 @@ from src.core.bundle import (
 )
 from src.core.raw_schema import KEY_COLUMN
 from src.pipelines.registry.client import Registry
+from src.pipelines.registry.decision import CHALLENGER, CHAMPION, Floor, decide
 from src.pipelines.training.references import SUB_GRADE_REFERENCE
 from src.utils.config import RetryConfig
 from src.utils.errors import PermanentError, TransientError
@@ -225,6 +226,10 @@ def test_first_version_is_champion_and_its_bundle_scores_like_spark(
     assert first.scored_on == "validation" and evaluation.validation is not None
     assert first.score == pytest.approx(
         getattr(evaluation.validation, upstream.evaluate.primary_metric), abs=1e-3)
+    # The slice is smaller than register.parity_sample_rows: parity and the score saw all of it.
+    validation_rows = upstream.train_sup.validation.rows
+    assert validation_rows < cfg.registry.parity_sample_rows
+    assert first.scored_rows == validation_rows
 
     Registry(cfg).connect()
     bundle = load_bundle(f"models:/{cfg.registry.model_name}@{CHAMPION}")
@@ -354,15 +359,15 @@ def test_onnx_mismatch_stops_registration(
     upstream: Upstream, first: RegisterResult, embedded: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The exports match Spark to rounding, so a broken one is simulated: every ONNX row off by 1e-3.
-    import src.agents.registry_agent as registry_agent
+    import src.pipelines.registry.prepare as prepare
 
-    real_check = registry_agent.check_parity
+    real_check = prepare.check_parity
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         parity = real_check(*args, **kwargs)
         return replace(parity, onnx_probability=parity.onnx_probability + 1e-3)
 
-    monkeypatch.setattr(registry_agent, "check_parity", broken)
+    monkeypatch.setattr(prepare, "check_parity", broken)
     cfg = upstream.cfg
     before = _versions(cfg)
     with pytest.raises(PermanentError, match=r"ONNX export of \w+ differs from Spark by .*"
@@ -400,6 +405,11 @@ def test_below_the_floor_is_challenger_only(
     assert floor is not None
     assert result.alias == CHALLENGER
     assert result.floor_score == pytest.approx(getattr(floor, upstream.evaluate.primary_metric))
+    # Set against the candidate's own figure from evaluate, on the same whole slice.
+    own = upstream.evaluate.evaluations[best].validation
+    assert own is not None
+    assert result.floor_candidate_score == pytest.approx(
+        getattr(own, upstream.evaluate.primary_metric))
     assert "sub_grade reference" in result.decision and "never champion" in result.decision
     assert _alias(cfg, CHAMPION) == first.version
     version = Registry(cfg).client.get_model_version(cfg.registry.model_name, result.version)
@@ -427,9 +437,63 @@ def test_decide_needs_the_floor_and_the_champion(
     # Score 0.30, min_delta 0.002: 0.299 is within min_delta, 0.29 and 0.25 are not.
     version = None if champion is None else "3"
     got, reason = decide("auc_pr", 0.30, version, champion, 0.002,
-                         None if floor is None else Floor(SUB_GRADE_REFERENCE, floor))
+                         None if floor is None else Floor(SUB_GRADE_REFERENCE, floor, 0.30))
     assert got == alias and says in reason, reason
     assert "validation auc_pr" in reason
+
+
+def test_registry_outage_after_export_reuses_the_export(
+    upstream: Upstream, embedded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: a transient registry fault after the export retries the stage, and the retry
+    takes the exported, parity-checked bundle from the scratch folder instead of exporting again.
+    The sample bound is below the slice: parity is checked on exactly that many loans."""
+    import src.pipelines.registry.prepare as prepare
+
+    bound = upstream.train_sup.validation.rows // 2
+    cfg = upstream.config(model_name="register-test-retry", parity_sample_rows=bound,
+                          bundle_dir="models/register_test/retry_bundle", retry=FAST_FAIL_RETRY)
+    exports: list[str] = []
+    real_export = prepare.export_classifier
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        exports.append(args[-1])
+        return real_export(*args, **kwargs)
+
+    uploads: list[str] = []
+    real_upload = Registry.log_artifacts
+    scratch = cfg.path(cfg.registry.scratch_dir)
+    tamper_at = {3}
+
+    def outage_once(self: Registry, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        uploads.append(run_id)
+        if len(uploads) in tamper_at:  # the scratch copy is damaged while the registry is away
+            (entry,) = scratch.iterdir()
+            with (entry / "bundle" / MODEL_FILE).open("ab") as onnx_file:
+                onnx_file.write(b"\0")
+        if len(uploads) in (1, 3):  # the registry goes away mid-upload, after the export
+            raise TransientError(f"simulated: MLflow at {self.uri} unreachable during upload")
+        real_upload(self, run_id, local_dir, artifact_path)
+
+    monkeypatch.setattr(prepare, "export_classifier", counted)
+    monkeypatch.setattr(Registry, "log_artifacts", outage_once)
+    result = register_with_retries(cfg, upstream.request(best_model="mlp"))
+    assert len(uploads) == 2, "the fault did not hit, or the retry did not run"
+    assert len(exports) == 1, exports
+    assert (result.version, result.alias) == ("1", CHAMPION)
+    assert _versions(cfg) == ["1"] and _alias(cfg, CHAMPION) == "1"
+    assert result.scored_rows == bound
+    card = cfg.path(result.model_card).read_text()
+    assert f"on {bound:,} validation loans" in card
+    # Nothing is left in the scratch folder once the registration is done.
+    assert not any(scratch.iterdir())
+
+    # A scratch copy that no longer holds what was checked is exported again, never reused:
+    # one export for the first attempt, one more for the retry that found the copy damaged.
+    second = register_with_retries(cfg, upstream.request(best_model="mlp"))
+    assert len(uploads) == 4 and len(exports) == 3, (uploads, exports)
+    assert second.version == "2" and second.champion_score == pytest.approx(result.score)
+    assert not any(scratch.iterdir())
 
 
 # --- a real `mlflow server` ----------------------------------------------------------------------

@@ -241,6 +241,11 @@ class RegisterConfig(Section):
     # The lender's own grade is the floor: a model that does not beat this reference on the
     # validation slice by min_delta is registered as challenger only (null: no floor).
     floor_reference: Literal["ref_sub_grade", "ref_logistic"] | None = "ref_sub_grade"
+    # Validation loans brought to the driver for ONNX parity and the champion comparison: a
+    # seeded sample of this many (all of them when the slice is smaller).
+    parity_sample_rows: int = Field(default=50_000, ge=1)
+    # The exported, parity-checked bundle waits here between retries of one registration.
+    scratch_dir: Path = Path(".cache/register")
 
 
 class ServingConfig(Section):

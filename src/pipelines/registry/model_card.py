@@ -35,6 +35,7 @@ class ModelCardInput(BaseModel):
     champion_score: float | None
     floor_reference: str | None = None
     floor_score: float | None = None
+    floor_candidate_score: float | None = None
     min_delta: float = 0.0
     calibration: Calibration = Calibration(method="identity")
     previous_champion_version: str | None
@@ -128,7 +129,8 @@ def _limits(card: ModelCardInput) -> list[str]:
         )
     limits.append(
         "Serving runs the ONNX export: calibrated probabilities differ from Spark's by at most "
-        f"{card.onnx_max_abs_diff:.2e} on the {card.onnx_rows:,} validation loans."
+        f"{card.onnx_max_abs_diff:.2e} on {card.onnx_rows:,} validation loans (a seeded sample "
+        "of the slice)."
     )
     return limits
 
@@ -213,21 +215,24 @@ def render_model_card(card: ModelCardInput) -> str:
             if m is not None:
                 lines.append(f"| {name}{kind}{mark} | {_slice_row(m)} |")
     floor = (
-        f"the `{card.floor_reference}` reference {_f(card.floor_score)} (a champion must beat "
-        f"it by min_delta {card.min_delta})"
-        if card.floor_reference else "no floor reference"
+        f"Floor, evaluate's figures on the whole validation slice: this version "
+        f"{_f(card.floor_candidate_score)}, the `{card.floor_reference}` reference "
+        f"{_f(card.floor_score)} (a champion must beat it by min_delta {card.min_delta})."
+        if card.floor_reference else "No floor reference."
     )
     lines += [
         "",
-        f"Registry comparison on validation `{card.primary_metric}` (this version's ONNX + "
-        "calibration, the previous champion's own bundle, the same validation loans): "
-        f"this version {_f(card.score)}; {floor}; previous champion "
+        f"Registry comparison on validation `{card.primary_metric}`, raw probabilities of this "
+        "version's ONNX and of the previous champion's own bundle on the same "
+        f"{card.onnx_rows:,} validation loans (a seeded sample of at most "
+        "`register.parity_sample_rows`): "
+        f"this version {_f(card.score)}; previous champion "
         + (
             f"v{card.previous_champion_version} {_f(card.champion_score)}"
             if card.previous_champion_version
             else "none"
         )
-        + ".",
+        + f". {floor}",
         "",
         "## Decision threshold",
         "",
