@@ -263,6 +263,8 @@ class ScoreConfig(Section):
     rows_per_file: int = Field(default=500_000, ge=1)
     # onnxruntime threads inside one Spark task: Spark already runs one task per core.
     onnx_threads: int = Field(default=1, ge=1)
+    # How often a long run logs its Spark progress (tasks done per stage).
+    progress_interval_s: float = Field(default=30.0, gt=0)
 
 
 class Config(Section):

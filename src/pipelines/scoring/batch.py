@@ -1,11 +1,11 @@
 """Batch scoring of raw LendingClub files with a registered bundle, in Spark from end to end.
 
 `score_file` parses the raw rows exactly as prep does (`read_raw`, `classify_rows`,
-`add_derived_features`), ships the bundle to the executors (`SparkContext.addFile`) and scores each
-partition there with ONNX Runtime and the Spark-free core code the API uses (`model_udf`). The
-output is a folder of Parquet (or CSV) part files, one row per loan, scored or not (`status`,
-`reason`), sorted by loan id across the files; counts come from Spark aggregates, and nothing
-proportional to the input is collected on the driver.
+`add_derived_features`), ships the bundle to the executors (`SparkContext.addArchive`) and
+scores each partition there with ONNX Runtime and the Spark-free core code the API uses
+(`model_udf`). The output is a folder of Parquet (or CSV) part files, one row per loan, scored or
+not (`status`, `reason`), sorted by loan id across the files; counts come from Spark aggregates,
+and nothing proportional to the input is collected on the driver.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from src.pipelines.scoring.model_udf import (
     ScoringTask,
     score_batches,
 )
+from src.pipelines.scoring.progress import progress_events
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
@@ -151,15 +152,20 @@ def _records_frame(rows: Any, cfg: Config, inputs: list[str]) -> Any:
 
 
 def _ship_bundle(spark: Any, bundle: Bundle, scratch: Path) -> str:
-    """Copy the bundle's files (not its Spark model) to a fresh folder every executor fetches."""
+    """Zip the bundle's files (not its Spark model) and ship the archive to every executor.
+
+    Spark unpacks an archive on each executor (a local folder is not shipped to a cluster's
+    executors by addFile); its unique name is the folder `SparkFiles.get` returns there.
+    """
     name = f"score-bundle-v{bundle.version}-{uuid.uuid4().hex[:8]}"
     folder = scratch / name
     folder.mkdir()
     for file in _SHIPPED_FILES:
         if (bundle.path / file).is_file():
             shutil.copy2(bundle.path / file, folder / file)
-    spark.sparkContext.addFile(spark_uri(folder), recursive=True)
-    return name
+    archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+    spark.sparkContext.addArchive(spark_uri(archive))
+    return archive.name
 
 
 def _write(frame: Any, target: Path, output_format: OutputFormat) -> None:
@@ -221,11 +227,13 @@ def score_file(
         records = records.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             row_class = F.col(ROW_CLASS)
-            counts = records.agg(
-                F.count(F.lit(1)).alias("input"),
-                *[F.count_if(row_class == c).alias(c) for c in ("footer", "kept", "rejected")],
-                F.count_if(F.col(_OPEN)).alias("open"),
-            ).first()
+            interval = cfg.score.progress_interval_s
+            with progress_events(spark, "read", interval):
+                counts = records.agg(
+                    F.count(F.lit(1)).alias("input"),
+                    *[F.count_if(row_class == c).alias(c) for c in ("footer", "kept", "rejected")],
+                    F.count_if(F.col(_OPEN)).alias("open"),
+                ).first()
             unclassified = counts["input"] - counts["footer"] - counts["kept"] - counts["rejected"]
             if unclassified:
                 raise AssertionError(f"score: {unclassified} records got no class")
@@ -253,7 +261,8 @@ def score_file(
                 .mapInPandas(partial(score_batches, task), OUTPUT_SCHEMA)
             )
             with atomic_path(output_path) as tmp:
-                _write(scored, tmp, fmt)
+                with progress_events(spark, "score", interval):
+                    _write(scored, tmp, fmt)
                 # Counted from what was written, before it is renamed into place.
                 written = read_output(spark, tmp, fmt).agg(
                     F.count(F.lit(1)).alias("rows"),

@@ -43,7 +43,7 @@ OUTPUT_COLUMNS = (ID, KEY, STATUS, PROBABILITY, SCORE, DECISION, SEGMENT, REASON
 class ScoringTask:
     """What every task needs, pickled to the executors: the shipped bundle and the settings."""
 
-    bundle_name: str  # the folder's name among the files shipped with SparkContext.addFile
+    bundle_name: str  # the archive shipped with SparkContext.addArchive, unpacked as a folder
     scorecard: ScorecardScaling
     onnx_threads: int
 
