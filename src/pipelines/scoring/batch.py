@@ -71,7 +71,7 @@ def _open_bundle(cfg: Config, model_uri: str, scratch: Path) -> Bundle:
 
 
 def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
-    """Every raw record with its input position, key, raw id/status, class and parsed fields."""
+    """Every raw record with its key, raw id/status, class, reasons and parsed fields."""
     from pyspark.sql import functions as F
 
     from src.pipelines.preparation.cleaning import blank_to_null, classify_rows, read_raw, row_key
@@ -95,7 +95,7 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
         }
     )
     # Both frames are narrow projections of the same read, so the id Spark gives each row
-    # (partition, position) is the same in both: it is the join key and the input order.
+    # (partition, position) is the same in both: it is the join key.
     keys = raw.select(
         F.monotonically_increasing_id().alias(_ROW),
         row_key(raw).alias("loan_key"),
