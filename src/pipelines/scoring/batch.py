@@ -10,11 +10,11 @@ and nothing proportional to the input is collected on the driver.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import tempfile
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -151,19 +151,26 @@ def _records_frame(rows: Any, cfg: Config, inputs: list[str]) -> Any:
     )
 
 
-def _ship_bundle(spark: Any, bundle: Bundle, scratch: Path) -> str:
+def _ship_bundle(spark: Any, bundle: Bundle) -> str:
     """Zip the bundle's files (not its Spark model) and ship the archive to every executor.
 
     Spark unpacks an archive on each executor (a local folder is not shipped to a cluster's
-    executors by addFile); its unique name is the folder `SparkFiles.get` returns there.
+    executors by addFile); `SparkFiles.get(name)` is that folder there. The archive must outlive
+    the run (executors fetch it for every later task of the session), so it is named by its
+    content and kept: the same bundle is shipped once per session.
     """
-    name = f"score-bundle-v{bundle.version}-{uuid.uuid4().hex[:8]}"
-    folder = scratch / name
-    folder.mkdir()
-    for file in _SHIPPED_FILES:
-        if (bundle.path / file).is_file():
-            shutil.copy2(bundle.path / file, folder / file)
-    archive = Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+    digest = hashlib.sha256()
+    files = [f for f in _SHIPPED_FILES if (bundle.path / f).is_file()]
+    for file in files:
+        digest.update(file.encode() + b"\0" + (bundle.path / file).read_bytes())
+    name = f"score-bundle-v{bundle.version}-{digest.hexdigest()[:16]}"
+    archive = Path(tempfile.gettempdir()) / "credit-risk-score" / f"{name}.zip"
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(prefix="score-bundle-") as scratch:
+            for file in files:
+                shutil.copy2(bundle.path / file, Path(scratch) / file)
+            with atomic_path(archive) as tmp:
+                shutil.move(shutil.make_archive(str(tmp), "zip", root_dir=scratch), tmp)
     spark.sparkContext.addArchive(spark_uri(archive))
     return archive.name
 
@@ -221,7 +228,7 @@ def score_file(
         log.info("score.start", input=str(input_path), model_uri=uri, version=bundle.version,
                  source_model=bundle.serving.source_model, threshold=bundle.threshold,
                  format=fmt)
-        task = ScoringTask(_ship_bundle(spark, bundle, Path(scratch)), cfg.scorecard,
+        task = ScoringTask(_ship_bundle(spark, bundle), cfg.scorecard,
                            cfg.score.onnx_threads)
         records = _records_frame(_parsed_rows(spark, cfg, input_path), cfg, inputs)
         records = records.persist(StorageLevel.MEMORY_AND_DISK)
