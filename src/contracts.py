@@ -379,6 +379,9 @@ class ScoreRequest(Message):
     input_path: str
     output_path: str
     model_uri: str
+    format: Literal["parquet", "csv"] | None = Field(
+        default=None, description="output format; default `score.format` of params.yaml"
+    )
 
 
 class ScoreResult(StageResult):
@@ -388,8 +391,16 @@ class ScoreResult(StageResult):
     scored_rows: int
     unscored_rows: int
     unscored_reasons: dict[str, int]
-    output: str
-    unscored_output: str
+    output: str = Field(
+        description="folder of part files, one row per loan: scored and unscored (`status`)"
+    )
+    unscored_output: str | None = Field(
+        default=None,
+        description="unused since unscored loans sit in `output` with status 'unscored'",
+    )
     input_rows: int = Field(default=0, description="data records read, footers included")
     footer_rows: int = Field(default=0, description="summary lines of the export: not loans")
     open_loans: int = Field(default=0, description="scored loans without a final outcome yet")
+    declined_rows: int = Field(default=0, description="scored loans with decision 'decline'")
+    format: Literal["parquet", "csv"] = "parquet"
+    output_files: int = Field(default=0, description="part files written")

@@ -320,7 +320,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     score = sub.add_parser("score", help="score a raw LendingClub CSV(.gz) with the champion")
     score.add_argument("--input", required=True, help="raw LendingClub CSV or CSV.gz")
-    score.add_argument("--output", required=True, help="predictions CSV to write")
+    score.add_argument(
+        "--output", required=True, help="predictions folder to write (part files, one row per loan)"
+    )
+    score.add_argument(
+        "--format", choices=["parquet", "csv"], default=None, help="default score.format"
+    )
     score.add_argument("--model", default=None, help="model URI (default serving.model_uri)")
     score.add_argument("--run-id", default=None)
     return parser
@@ -357,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 input_path=args.input,
                 output_path=args.output,
                 model_uri=args.model or cfg.serving.model_uri,
+                format=args.format,
             )
             run_agent(cfg, "score", ServingAgent(cfg), request, run_id)
             return 0

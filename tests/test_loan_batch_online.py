@@ -1,4 +1,5 @@
-"""Batch scoring and the API accept and refuse exactly the same loans, with the same reasons.
+"""Batch scoring and the API accept and refuse exactly the same loans, with the same reasons,
+and give an accepted loan exactly the same probability, points, decision and segment.
 
 The same raw rows are written to a CSV in the Kaggle layout and parsed by batch scoring, and
 posted to `/predict` as the strings of the file; a loan is scored by one exactly when it is by
@@ -13,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
 from src.core.raw_schema import RAW_COLUMNS
 from src.pipelines.preparation.cleaning import REASONS, ROW_CLASS
-from src.pipelines.scoring.batch import _parsed_rows
+from src.pipelines.scoring.batch import _parsed_rows, score_file
+from src.pipelines.scoring.model_udf import SCORED, UNSCORED
 from src.serving.app import create_app
 from tests.serving_fixtures import (  # noqa: F401  (fixtures register by name)
     ServingBundles,
@@ -61,13 +64,18 @@ def client(serving_bundles: ServingBundles) -> Iterator[TestClient]:
         yield test_client
 
 
-def _batch(spark: Any, cfg: Any, rows: list[dict[str, str]], path: Path) -> list[Any]:
+def _write_rows(rows: list[dict[str, str]], path: Path) -> None:
+    """The rows as a raw CSV.gz, ids 1, 2, … in order."""
     with gzip.open(path, "wt", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(RAW_COLUMNS)
         for n, row in enumerate(rows, start=1):
             full = {**row, "id": str(n), "loan_status": ""}
             writer.writerow([full.get(c, "") for c in RAW_COLUMNS])
+
+
+def _batch(spark: Any, cfg: Any, rows: list[dict[str, str]], path: Path) -> list[Any]:
+    _write_rows(rows, path)
     parsed = _parsed_rows(spark, cfg, path).select("_row", "_raw_id", ROW_CLASS, REASONS)
     return sorted(parsed.collect(), key=lambda r: int(r["_raw_id"]))
 
@@ -92,3 +100,36 @@ def test_batch_and_api_accept_and_refuse_the_same_loans(
             differ.append((row, judged[ROW_CLASS], in_batch, api))
     assert differ == [], differ[:5]
     assert 0 < scored < len(rows)
+
+
+def test_batch_output_equals_the_api_for_every_row(
+    spark: Any, serving_bundles: ServingBundles, client: TestClient, tmp_path: Path
+) -> None:
+    """`score` on a file and `/predict` on its rows: the same numbers, bit for bit."""
+    cfg = serving_bundles.cfg
+    rows = _rows(cfg.prep.application_columns)
+    path = tmp_path / "rows.csv.gz"
+    _write_rows(rows, path)
+    out = tmp_path / "predictions"
+    result = score_file(spark, cfg, path, out, str(serving_bundles.api_bundle))
+    batch = pd.read_parquet(out).set_index("id")
+    assert len(batch) == len(rows) == result.scored_rows + result.unscored_rows
+
+    differ = []
+    for n, row in enumerate(rows, start=1):
+        response = client.post("/predict", json=row)
+        mine = batch.loc[str(n)]
+        if response.status_code == 200:
+            api = response.json()
+            got = (mine["status"], mine["probability_of_default"], mine["score"],
+                   mine["decision"], mine["segment"])
+            want = (SCORED, api["probability_of_default"], api["score"], api["decision"],
+                    api["risk_segment"])
+        else:
+            got = (mine["status"], mine["reason"])
+            want = (UNSCORED, "; ".join(e["msg"] for e in response.json()["detail"]))
+        if got != want:
+            differ.append((n, got, want))
+    print(f"parity: {result.scored_rows} scored and {result.unscored_rows} unscored rows, "
+          f"{len(differ)} differ from /predict")
+    assert differ == [], differ[:5]

@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from src.core.raw_schema import RAW_COLUMNS
 from src.serving.app import create_app
 from src.serving.schemas import EXAMPLE_APPLICATION, LEAKY_MESSAGE
 from src.utils.config import load_config
@@ -608,16 +610,51 @@ def test_score_command_runs_the_agent_and_writes_the_report(
     with raw.open("w", newline="") as out:
         csv.writer(out).writerows(records)
     params = serving_bundles.cfg.root / "params.yaml"
-    output = tmp_path / "predictions.csv"
+    output = tmp_path / "predictions"
     code = main(["--params", str(params), "score", "--input", str(raw), "--output", str(output),
-                 "--model", str(serving_bundles.api_bundle), "--run-id", "score-test"])
+                 "--model", str(serving_bundles.api_bundle), "--run-id", "score-test",
+                 "--format", "csv"])
     assert code == 0
     report = serving_bundles.cfg.report_path("score")
     result = ScoreResult.model_validate_json(report.read_text())
     assert result.run_id == "score-test" and result.scored_rows + result.unscored_rows == SCORE_ROWS
-    assert output.is_file()
+    assert result.format == "csv" and result.output == str(output)
+    # Records, not lines: a quoted reason may span lines.
+    parts = sorted(output.glob("part-*.csv"))
+    assert len(parts) == result.output_files >= 1
+    assert sum(len(pd.read_csv(p, dtype={"id": str})) for p in parts) == SCORE_ROWS
     log = (serving_bundles.cfg.path("logs") / "pipeline.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in log if '"score-test"' in line]
     assert {"stage.start", "stage.done"} <= {e["event"] for e in events}
     assert all(e["stage"] == "score" and e["agent"] == "ServingAgent" for e in events
                if e["event"].startswith("stage."))
+
+
+def test_score_command_bad_input_exits_2_naming_the_file(
+    spark: Any, serving_bundles: ServingBundles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing input, a file that is no loan export, an output that is a file: exit 2."""
+    from src.supervisor import main
+
+    params = serving_bundles.cfg.root / "params.yaml"
+    not_loans = tmp_path / "not_loans.csv"
+    not_loans.write_text("a,b\n1,2\n")
+    good = tmp_path / "loans.csv"
+    good.write_text(",".join(RAW_COLUMNS) + "\n")
+    taken = tmp_path / "taken.parquet"
+    taken.write_text("a file, not a folder")
+    cases = [
+        (tmp_path / "absent.csv.gz", tmp_path / "out1", "does not exist"),
+        (not_loans, tmp_path / "out2", "header lacks"),
+        (good, taken, "is a file"),
+    ]
+    for source, output, message in cases:
+        code = main(["--params", str(params), "score", "--input", str(source),
+                     "--output", str(output), "--model", str(serving_bundles.api_bundle)])
+        err = capsys.readouterr().err
+        assert code == 2, (source, err)
+        # Logs go to stderr too; the error is its one last line.
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error:") and message in line
+        assert str(source if message != "is a file" else output) in line
+        assert not output.is_dir()

@@ -24,7 +24,7 @@ class ServingAgent(Agent):
     skills = (Skill(SCORE_STAGE, ScoreRequest, ScoreResult, "score"),)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
-        """Score every loan of `request.input_path` with `request.model_uri` (Spark batch)."""
+        """Score every loan of `request.input_path` with `request.model_uri` (Spark executors)."""
         from src.pipelines.scoring.batch import score_file
         from src.utils.spark import get_spark
 
@@ -35,6 +35,7 @@ class ServingAgent(Agent):
             self.cfg.path(request.input_path),
             self.cfg.path(request.output_path),
             request.model_uri,
+            request.format,
         )
 
     def serve(

@@ -262,6 +262,21 @@ class ServingConfig(Section):
     onnx_threads: int = Field(ge=1)
 
 
+OutputFormat = Literal["parquet", "csv"]
+
+
+class ScoreConfig(Section):
+    """Batch scoring (`credit-risk score`): output format, part-file size, ONNX threads per task."""
+
+    format: OutputFormat = "parquet"
+    # Part files hold about this many loans each (at least one file): sized to the data.
+    rows_per_file: int = Field(default=500_000, ge=1)
+    # onnxruntime threads inside one Spark task: Spark already runs one task per core.
+    onnx_threads: int = Field(default=1, ge=1)
+    # How often a long run logs its Spark progress (tasks done per stage).
+    progress_interval_s: float = Field(default=30.0, gt=0)
+
+
 class Config(Section):
     root: Path
     seed: int
@@ -278,6 +293,7 @@ class Config(Section):
     registry: RegisterConfig = Field(alias="register")
     serving: ServingConfig
     scorecard: ScorecardScaling = ScorecardScaling()
+    score: ScoreConfig = ScoreConfig()
 
     @model_validator(mode="after")
     def _features_come_from_prep(self) -> Config:

@@ -1,56 +1,60 @@
-"""Batch scoring of raw LendingClub files with a registered bundle, and ranking metrics in numpy.
+"""Batch scoring of raw LendingClub files with a registered bundle, in Spark from end to end.
 
 `score_file` parses the raw rows exactly as prep does (`read_raw`, `classify_rows`,
-`add_derived_features`) and scores them with the bundle's Spark PipelineModel, the training
-transformation itself (spec SQL + assembler + classifier), in Spark; the bundle's calibration
-table then maps the classifier's probability to the calibrated P(default) serving also gives, and
-the scorecard turns it into points. Segments come from the bundle's segmentation parameters
-(numpy, as in serving). One output row per loan, input order.
+`add_derived_features`), ships the bundle to the executors (`SparkContext.addArchive`) and
+scores each partition there with ONNX Runtime and the Spark-free core code the API uses
+(`model_udf`). The output is a folder of Parquet (or CSV) part files, one row per loan, scored or
+not (`status`, `reason`), sorted by loan id across the files; counts come from Spark aggregates,
+and nothing proportional to the input is collected on the driver.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import Any, Literal
 
 from src.contracts import ScoreResult
-from src.core.bundle import Bundle, is_model_uri, read_bundle
-from src.core.loan import ISSUE_COLUMN, current_month, month_text, reason_kind
-from src.core.scorecard import score_points
+from src.core.bundle import REQUIRED_FILES, Bundle, is_model_uri, read_bundle
+from src.core.calibration import CALIBRATION_FILE
+from src.core.loan import ISSUE_COLUMN, current_month, month_text
+from src.pipelines.scoring.model_udf import (
+    DECISION,
+    DECLINE,
+    ID,
+    KEY,
+    OUTPUT_SCHEMA,
+    REASON,
+    SCORED,
+    STATUS,
+    UNSCORED,
+    ScoringTask,
+    score_batches,
+)
+from src.pipelines.scoring.progress import progress_events
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
 from src.utils.logging import get_logger
+from src.utils.spark import spark_uri
 
 log = get_logger(component="scoring")
 
-ID_COLUMN = "id"
-PROBABILITY_OUTPUT = "probability_of_default"
-SCORE_OUTPUT = "score"
-DECISION = "decision"
-SEGMENT = "segment"
-OUTPUT_COLUMNS = (ID_COLUMN, PROBABILITY_OUTPUT, SCORE_OUTPUT, DECISION, SEGMENT)
-UNSCORED_COLUMNS = ("record", ID_COLUMN, "loan_status", "reason")
-DECLINE = "decline"
-APPROVE = "approve"
-UNSCORED_SUFFIX = ".unscored.csv"
+OutputFormat = Literal["parquet", "csv"]
 # Scoring ignores the outcome; a known status lets classify_rows judge the other fields only.
 OUTCOME_PLACEHOLDER = "Fully Paid"
 _ROW = "_row"
 _RAW_ID = "_raw_id"
 _RAW_STATUS = "_raw_status"
-_P1 = "_p_default"
-
-
-# --- the registry's champion comparison ---------------------------------------------------------
-
-
-# --- batch scoring -------------------------------------------------------------------------------
+_KINDS = "_reason_kinds"
+_OPEN = "_open_loan"
+# What executors need of a bundle: everything but the Spark model.
+_SHIPPED_FILES = (*REQUIRED_FILES, CALIBRATION_FILE)
 
 
 def default_model_uri(cfg: Config) -> str:
@@ -67,7 +71,7 @@ def _open_bundle(cfg: Config, model_uri: str, scratch: Path) -> Bundle:
 
 
 def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
-    """Every raw record with its input position, key, raw id/status, class and parsed fields."""
+    """Every raw record with its key, raw id/status, class, reasons and parsed fields."""
     from pyspark.sql import functions as F
 
     from src.pipelines.preparation.cleaning import blank_to_null, classify_rows, read_raw, row_key
@@ -91,7 +95,7 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
         }
     )
     # Both frames are narrow projections of the same read, so the id Spark gives each row
-    # (partition, position) is the same in both: it is the join key and the input order.
+    # (partition, position) is the same in both: it is the join key.
     keys = raw.select(
         F.monotonically_increasing_id().alias(_ROW),
         row_key(raw).alias("loan_key"),
@@ -105,144 +109,203 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     return keys.join(judged, _ROW, "left")
 
 
-def _features_frame(rows: Any, cfg: Config, bundle: Bundle) -> Any:
-    """Scoreable rows as the processed table has them: numeric as double, derived features added."""
-    from pyspark.sql import functions as F
-
-    from src.pipelines.preparation.features import add_derived_features
-
+def _model_inputs(cfg: Config, bundle: Bundle) -> list[str]:
+    """Parsed and derived columns the bundle reads (feature spec, then segmentation), once each."""
     prep = cfg.prep
-    with_derived = add_derived_features(rows, prep.derived)
     available = {*prep.numeric, *prep.categorical, *prep.derived}
-    needed = [*bundle.spec_inputs(), *bundle.segment_features]
-    missing = sorted({c for c in needed if c not in available})
+    needed = list(dict.fromkeys([*bundle.spec_inputs(), *bundle.segment_features]))
+    missing = sorted(c for c in needed if c not in available)
     if missing:
         raise PermanentError(
             f"model v{bundle.version} needs {missing}, which the prep allowlist of params.yaml "
             "does not parse"
         )
+    return needed
+
+
+def _records_frame(rows: Any, cfg: Config, inputs: list[str]) -> Any:
+    """Every record with its class, output id, key, status, reasons and the model's inputs."""
+    from pyspark.sql import functions as F
+
+    from src.core.raw_schema import UNRESOLVED_STATUSES
+    from src.pipelines.preparation.cleaning import REASON as PREP_REASON
+    from src.pipelines.preparation.cleaning import REASONS, ROW_CLASS, reason_kinds
+    from src.pipelines.preparation.features import add_derived_features
+
+    prep = cfg.prep
+    with_derived = add_derived_features(rows, prep.derived)
+    raw_id = F.trim(F.col(_RAW_ID))
+    kept = F.col(ROW_CLASS) == "kept"
+    numeric = set(prep.numeric) | set(prep.derived)
     return with_derived.select(
-        _ROW,
-        *[F.col(c).cast("double").alias(c) for c in prep.numeric],
-        *prep.categorical,
-        *[c for c in prep.derived if c not in prep.numeric],
+        ROW_CLASS,
+        # The raw LendingClub id; prep's loan_key where the row has none (or stray text).
+        F.when(raw_id.rlike(r"^[0-9]+$"), raw_id).otherwise(F.col("loan_key")).alias(ID),
+        F.col("loan_key").alias(KEY),
+        F.when(kept, F.lit(SCORED)).otherwise(F.lit(UNSCORED)).alias(STATUS),
+        F.col(PREP_REASON).alias(REASON),
+        # A row with several reasons counts under each of their kinds, as prep's report does.
+        F.array_distinct(reason_kinds(F.col(REASONS))).alias(_KINDS),
+        (kept & F.trim(F.col(_RAW_STATUS)).isin(*UNRESOLVED_STATUSES)).alias(_OPEN),
+        *[F.col(c).cast("double").alias(c) if c in numeric else F.col(c) for c in inputs],
     )
 
 
-def _write_csv(frame: pd.DataFrame, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False)
+def _ship_bundle(spark: Any, bundle: Bundle) -> str:
+    """Zip the bundle's files (not its Spark model) and ship the archive to every executor.
+
+    Spark unpacks an archive on each executor (a local folder is not shipped to a cluster's
+    executors by addFile); `SparkFiles.get(name)` is that folder there. The archive must outlive
+    the run (executors fetch it for every later task of the session), so it is named by its
+    content and kept: the same bundle is shipped once per session.
+    """
+    digest = hashlib.sha256()
+    files = [f for f in _SHIPPED_FILES if (bundle.path / f).is_file()]
+    for file in files:
+        digest.update(file.encode() + b"\0" + (bundle.path / file).read_bytes())
+    name = f"score-bundle-v{bundle.version}-{digest.hexdigest()[:16]}"
+    archive = Path(tempfile.gettempdir()) / "credit-risk-score" / f"{name}.zip"
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(prefix="score-bundle-") as scratch:
+            for file in files:
+                shutil.copy2(bundle.path / file, Path(scratch) / file)
+            with atomic_path(archive) as tmp:
+                shutil.move(shutil.make_archive(str(tmp), "zip", root_dir=scratch), tmp)
+    spark.sparkContext.addArchive(spark_uri(archive))
+    return archive.name
+
+
+def _write(frame: Any, target: Path, output_format: OutputFormat) -> None:
+    writer = frame.write.mode("errorifexists")
+    if output_format == "csv":
+        writer.option("header", True).csv(spark_uri(target))
+    else:
+        writer.parquet(spark_uri(target))
+
+
+def read_output(spark: Any, path: Path, output_format: OutputFormat) -> Any:
+    """A score output folder as a DataFrame (the CSV read with the output's own schema)."""
+    if output_format == "csv":
+        return spark.read.csv(spark_uri(path), header=True, schema=OUTPUT_SCHEMA)
+    return spark.read.parquet(spark_uri(path))
+
+
+def _part_files(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.name.startswith("part-"))
 
 
 def score_file(
-    spark: Any, cfg: Config, input_path: Path, output_path: Path, model_uri: str | None = None
+    spark: Any,
+    cfg: Config,
+    input_path: Path,
+    output_path: Path,
+    model_uri: str | None = None,
+    output_format: OutputFormat | None = None,
 ) -> ScoreResult:
-    """Score every loan of a raw LendingClub file; unscorable records go to `<stem>.unscored.csv`.
+    """Score every loan of a raw LendingClub file into a folder of part files, one row per loan.
 
-    Scoring uses the bundle's Spark PipelineModel; footers are counted, not written. `id` is the
-    raw LendingClub id, or prep's loan_key where the row has none.
+    Scored loans carry the calibrated P(default), scorecard points, decision and segment; the
+    others status 'unscored' and their reasons. Footers are counted, not written. `id` is the raw
+    LendingClub id, or prep's loan_key where the row has none; rows are sorted by id.
     """
     from pyspark import StorageLevel
-    from pyspark.ml import PipelineModel
     from pyspark.sql import functions as F
 
-    from src.pipelines.evaluation.spark_metrics import positive_probability
-    from src.pipelines.preparation.cleaning import REASON, REASONS, ROW_CLASS
-    from src.pipelines.training.classifiers import PROBABILITY_COLUMN
+    from src.pipelines.preparation.cleaning import ROW_CLASS
 
     started = time.perf_counter()
     uri = model_uri or default_model_uri(cfg)
+    fmt: OutputFormat = output_format or cfg.score.format
     input_path = Path(input_path)
     output_path = Path(output_path)
-    unscored_path = output_path.with_name(output_path.stem + UNSCORED_SUFFIX)
     if not input_path.is_file():
         raise DataError(f"score: input {input_path} does not exist")
+    if output_path.is_file():
+        raise DataError(f"score: output {output_path} is a file; the output is a folder of parts")
     with tempfile.TemporaryDirectory(prefix="score-bundle-") as scratch:
         bundle = _open_bundle(cfg, uri, Path(scratch))
+        inputs = _model_inputs(cfg, bundle)
         log.info("score.start", input=str(input_path), model_uri=uri, version=bundle.version,
-                 source_model=bundle.serving.source_model, threshold=bundle.threshold)
-        pipeline = PipelineModel.load(str(bundle.spark_model_path))
-        rows = _parsed_rows(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
+                 source_model=bundle.serving.source_model, threshold=bundle.threshold,
+                 format=fmt)
+        task = ScoringTask(_ship_bundle(spark, bundle), cfg.scorecard,
+                           cfg.score.onnx_threads)
+        records = _records_frame(_parsed_rows(spark, cfg, input_path), cfg, inputs)
+        records = records.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            meta = rows.select(
-                _ROW, ROW_CLASS, REASON, REASONS, "loan_key", _RAW_ID, _RAW_STATUS
-            ).toPandas()
-            kept = rows.filter(F.col(ROW_CLASS) == "kept")
-            features = _features_frame(kept, cfg, bundle)
-            scored = pipeline.transform(features).select(
-                _ROW,
-                positive_probability(PROBABILITY_COLUMN).alias(_P1),
-                *bundle.segment_features,
-            ).toPandas()
+            row_class = F.col(ROW_CLASS)
+            interval = cfg.score.progress_interval_s
+            with progress_events(spark, "read", interval):
+                counts = records.agg(
+                    F.count(F.lit(1)).alias("input"),
+                    *[F.count_if(row_class == c).alias(c) for c in ("footer", "kept", "rejected")],
+                    F.count_if(F.col(_OPEN)).alias("open"),
+                ).first()
+            unclassified = counts["input"] - counts["footer"] - counts["kept"] - counts["rejected"]
+            if unclassified:
+                raise AssertionError(f"score: {unclassified} records got no class")
+            reasons = {
+                r["kind"]: int(r["count"])
+                for r in records.filter(row_class == "rejected")
+                .select(F.explode(_KINDS).alias("kind"))
+                .groupBy("kind")
+                .count()
+                .collect()
+            }
+            loans = counts["kept"] + counts["rejected"]
+            files = max(1, math.ceil(loans / cfg.score.rows_per_file))
+            log.info("score.read", input_rows=counts["input"], loans=loans,
+                     footer_rows=counts["footer"], unscored_rows=counts["rejected"],
+                     input_partitions=records.rdd.getNumPartitions(), output_files=files)
+            # Range-partitioned and sorted before scoring: each task scores one output file's
+            # loans in order, and the model runs once per loan.
+            order = [F.col(ID).try_cast("long").asc_nulls_last(), F.col(KEY).asc()]
+            scored = (
+                records.filter(row_class.isin("kept", "rejected"))
+                .select(ID, KEY, STATUS, REASON, *inputs)
+                .repartitionByRange(files, *order)
+                .sortWithinPartitions(*order)
+                .mapInPandas(partial(score_batches, task), OUTPUT_SCHEMA)
+            )
+            with atomic_path(output_path) as tmp:
+                with progress_events(spark, "score", interval):
+                    _write(scored, tmp, fmt)
+                # Counted from what was written, before it is renamed into place.
+                written = read_output(spark, tmp, fmt).agg(
+                    F.count(F.lit(1)).alias("rows"),
+                    F.count_if(F.col(STATUS) == SCORED).alias("scored"),
+                    F.count_if(F.col(DECISION) == DECLINE).alias("declined"),
+                ).first()
+                if (written["rows"], written["scored"]) != (loans, counts["kept"]):
+                    raise AssertionError(
+                        f"score: wrote {written['rows']} rows ({written['scored']} scored) for "
+                        f"{loans} loans ({counts['kept']} scoreable)"
+                    )
+                part_files = _part_files(tmp)
         finally:
-            rows.unpersist()
+            records.unpersist()
 
-    meta = meta.sort_values(_ROW, kind="stable").reset_index(drop=True)
-    meta["record"] = np.arange(1, len(meta) + 1)
-    raw_id = meta[_RAW_ID].fillna("").astype(str).str.strip()
-    # A LendingClub id is a number; empty or stray text (a broken CSV record) gives the loan_key,
-    # as prep's key does.
-    meta[ID_COLUMN] = raw_id.where(raw_id.str.fullmatch(r"\d+"), meta["loan_key"])
-    classes = meta[ROW_CLASS].fillna("unjudged")
-    unknown = sorted(set(classes) - {"footer", "kept", "rejected"})
-    if unknown:
-        raise AssertionError(f"score: unexpected row classes {unknown}")
-
-    loans = meta[classes == "kept"].merge(scored, on=_ROW, how="left", validate="one_to_one")
-    if loans[_P1].isna().any():
-        raise AssertionError("score: a scoreable loan got no probability")
-    segment_values = loans[bundle.segment_features].astype("float64").to_numpy()
-    # The threshold was chosen on calibrated probabilities: decide on those.
-    p_default = bundle.calibration.apply(loans[_P1].to_numpy(dtype=np.float64))
-    output = pd.DataFrame(
-        {
-            ID_COLUMN: loans[ID_COLUMN].to_numpy(),
-            PROBABILITY_OUTPUT: p_default,
-            SCORE_OUTPUT: score_points(p_default, cfg.scorecard),
-            DECISION: np.where(p_default >= bundle.threshold, DECLINE, APPROVE),
-            SEGMENT: bundle.segment_bands(segment_values) if len(loans) else [],
-        }
-    )
-    rejected = meta[classes == "rejected"]
-    unscored = pd.DataFrame(
-        {
-            "record": rejected["record"].to_numpy(),
-            ID_COLUMN: rejected[ID_COLUMN].to_numpy(),
-            "loan_status": rejected[_RAW_STATUS].to_numpy(),
-            "reason": rejected[REASON].to_numpy(),
-        },
-        columns=list(UNSCORED_COLUMNS),
-    )
-    footer_rows = int((classes == "footer").sum())
-    if len(output) + len(unscored) + footer_rows != len(meta):
-        raise AssertionError("score: records were lost between parsing and writing")
-    _write_csv(output, output_path)
-    _write_csv(unscored, unscored_path)
-
-    # A row with several reasons counts under each of their kinds, as prep's report does.
-    kinds = rejected[REASONS].map(lambda rs: sorted({reason_kind(r) for r in rs})).explode()
-    reasons = kinds.value_counts().to_dict()
-    status = loans[_RAW_STATUS].fillna("").astype(str).str.strip()
-    from src.core.raw_schema import UNRESOLVED_STATUSES
-
-    open_loans = int(status.isin(UNRESOLVED_STATUSES).sum())
     result = ScoreResult(
         model_uri=uri,
         model_version=bundle.version,
-        scored_rows=len(output),
-        unscored_rows=len(unscored),
-        unscored_reasons={str(k): int(v) for k, v in reasons.items()},
+        scored_rows=counts["kept"],
+        unscored_rows=counts["rejected"],
+        unscored_reasons=dict(sorted(reasons.items())),
         output=str(output_path),
-        unscored_output=str(unscored_path),
-        input_rows=len(meta),
-        footer_rows=footer_rows,
-        open_loans=open_loans,
+        input_rows=counts["input"],
+        footer_rows=counts["footer"],
+        open_loans=counts["open"],
+        declined_rows=written["declined"],
+        format=fmt,
+        output_files=part_files,
         duration_s=round(time.perf_counter() - started, 3),
     )
     log.info(
         "score.done", scored_rows=result.scored_rows, unscored_rows=result.unscored_rows,
-        footer_rows=footer_rows, open_loans=open_loans, unscored_reasons=result.unscored_reasons,
-        declined=int((output[DECISION] == DECLINE).sum()), output=str(output_path),
+        footer_rows=result.footer_rows, open_loans=result.open_loans,
+        unscored_reasons=result.unscored_reasons, declined=result.declined_rows,
+        output=str(output_path), format=fmt, output_files=part_files,
         duration_s=result.duration_s,
     )
     return result
+
