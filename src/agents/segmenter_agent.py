@@ -243,8 +243,9 @@ class SegmenterAgent(Agent):
             "train": request.train.model_dump(mode="json"),
             "models": {
                 name: {
+                    # No MLflow run id: this file is a DVC out, and byte-identical across reruns
+                    # (the run ids are in reports/train_unsup.json).
                     "k": m.k,
-                    "run_id": m.run_id,
                     "selection": {str(k): v for k, v in m.selection.items()},
                     "segments": [p.model_dump(mode="json") for p in m.segments],
                 }
