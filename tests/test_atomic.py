@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from src.utils.atomic import atomic_path, atomic_write_json, stale_siblings
+from src.utils.atomic import atomic_path, atomic_write_json, remove_stale, stale_siblings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,3 +79,18 @@ def test_kill_9_mid_write_leaves_the_old_folder_and_the_next_write_cleans_up(
     assert _write(target, "rerun").wait(timeout=60) == 0
     assert {p.read_text() for p in target.iterdir()} == {"rerun"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["M.parquet"]
+
+
+def test_a_kill_between_the_two_renames_of_a_swap_puts_the_previous_folder_back(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "supervised"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model").write_text("old")
+    # What a kill -9 right after `target → .old-*` and before `.tmp-* → target` leaves behind.
+    (tmp_path / ".supervised.tmp-dead").mkdir()
+    target.rename(tmp_path / ".supervised.old-dead")
+    assert remove_stale(target) == [tmp_path / ".supervised.tmp-dead"]
+    assert (target / "model").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["supervised"]

@@ -61,27 +61,49 @@ def test_prep_and_split_twice_give_the_same_bytes(
     assert "M.parquet/part-00000.parquet" in names
 
 
-def test_a_model_saved_twice_is_byte_identical_and_predicts_the_same(
+def _estimators() -> dict[str, Any]:
+    """An estimator of every kind the pipelines save."""
+    from pyspark.ml.classification import (
+        GBTClassifier,
+        LogisticRegression,
+        MultilayerPerceptronClassifier,
+        RandomForestClassifier,
+    )
+    from pyspark.ml.clustering import GaussianMixture, KMeans
+    from xgboost.spark import SparkXGBClassifier
+
+    return {
+        "random_forest": RandomForestClassifier(numTrees=5, maxDepth=3, seed=1),
+        "gbt": GBTClassifier(maxIter=3, seed=1),
+        "mlp": MultilayerPerceptronClassifier(layers=[2, 3, 2], maxIter=5, seed=1),
+        "logistic": LogisticRegression(maxIter=5),
+        "xgboost": SparkXGBClassifier(n_estimators=3, num_workers=1, random_state=1),
+        "kmeans": KMeans(k=3, seed=1),
+        "gmm": GaussianMixture(k=3, seed=1),
+    }
+
+
+def test_every_model_saved_twice_is_byte_identical_and_predicts_the_same(
     spark: Any, tmp_path: Path
 ) -> None:
+    """Imputer and StandardScaler (vector data) before each model, as in the pipelines."""
     from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.classification import RandomForestClassifier
-    from pyspark.ml.feature import StandardScaler, VectorAssembler
+    from pyspark.ml.feature import Imputer, StandardScaler, VectorAssembler
 
     rng = random.Random(5)
     rows = [(i, rng.random(), rng.random(), int(rng.random() < 0.3)) for i in range(300)]
     df = spark.createDataFrame(rows, "id long, a double, b double, label int")
-    folders = []
-    for run in ("a", "b"):
-        # A fresh estimator each time: new random uids, as in a rerun.
-        stages = [VectorAssembler(inputCols=["a", "b"], outputCol="raw"),
-                  StandardScaler(inputCol="raw", outputCol="features"),
-                  RandomForestClassifier(numTrees=5, maxDepth=3, seed=1)]
+    for name, estimator in _estimators().items():
+        stages = [Imputer(inputCols=["a", "b"], outputCols=["a_", "b_"]),
+                  VectorAssembler(inputCols=["a_", "b_"], outputCol="raw"),
+                  StandardScaler(inputCol="raw", outputCol="features"), estimator]
         model = Pipeline(stages=stages).fit(df)
-        save_model_deterministic(model, tmp_path / run)
-        folders.append(_files(tmp_path / run))
-    assert folders[0] == folders[1]
-    assert not any("_SUCCESS" in n or n.endswith(".crc") for n in folders[0])
-    loaded = PipelineModel.load(str(tmp_path / "a"))
-    expected = [r.probability for r in model.transform(df).orderBy("id").collect()]
-    assert [r.probability for r in loaded.transform(df).orderBy("id").collect()] == expected
+        # Saved twice from one fit (fresh uids across processes: tests/test_rerun_and_kill.py).
+        for run in ("a", "b"):
+            save_model_deterministic(model, tmp_path / name / run)
+        files = _files(tmp_path / name / "a")
+        assert files == _files(tmp_path / name / "b"), name
+        assert not any("_SUCCESS" in n or n.endswith(".crc") for n in files), name
+        loaded = PipelineModel.load(str(tmp_path / name / "a"))
+        expected = model.transform(df).orderBy("id").collect()
+        assert loaded.transform(df).orderBy("id").collect() == expected, name

@@ -173,3 +173,41 @@ def test_status_marks_every_stage_downstream_of_a_stale_one(tmp_path, capsys) ->
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "stale" in lines["fetch"] and "changed since 'fetch' ran" in lines["fetch"]
     assert "stale: upstream 'fetch' is stale" in lines["prep"]
+
+
+def test_status_marks_every_stage_downstream_of_a_missing_artifact(tmp_path, capsys) -> None:
+    """Two levels down: a missing raw file makes fetch, prep and split stale; the rest not run."""
+    from src.contracts import FetchResult, PrepResult, SplitResult
+
+    params = write_params(tmp_path, {})
+    reports = tmp_path / "reports"
+    side = {"rows": 1, "defaults": 0, "default_share": 0.0, "first_issue_d": None,
+            "last_issue_d": None}
+    results = {
+        "fetch": FetchResult(source="file", origin="test", bytes=3,
+                             raw=_artifact(tmp_path, "data/raw/loans.csv.gz", "raw")),
+        "prep": PrepResult(
+            processed=_artifact(tmp_path, "data/processed/M.parquet", "m"),
+            rejected=_artifact(tmp_path, "data/processed/rejected.parquet", "r"),
+            input_rows=1, footer_rows=0, unresolved_rows={}, rejected_rows=0, kept_rows=1,
+            default_share=0.0, feature_columns=[], missing_columns=[],
+        ),
+        "split": SplitResult(
+            method="stratified", seed=1, train_side=side, test_side=side,
+            train=_artifact(tmp_path, "data/split/train.parquet", "tr"),
+            test=_artifact(tmp_path, "data/split/test.parquet", "te"),
+        ),
+    }
+    for name, result in results.items():
+        atomic_write_json(reports / f"{name}.json", result.model_dump(mode="json"))
+    assert main(["--params", str(params), "status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert all(" ok " in lines[name] for name in results)
+
+    (tmp_path / "data" / "raw" / "loans.csv.gz").unlink()
+    assert main(["--params", str(params), "status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "stale" in lines["fetch"] and "is missing" in lines["fetch"]
+    assert "stale: upstream 'fetch' is stale" in lines["prep"]
+    assert "stale: upstream 'prep' is stale" in lines["split"]
+    assert all("not run" in lines[name] for name in ("train_sup", "train_unsup", "evaluate"))

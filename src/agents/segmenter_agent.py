@@ -45,6 +45,7 @@ from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
+from src.utils.spark_io import save_model_deterministic
 from src.utils.tracking import configure_mlflow, git_commit
 
 log = get_logger(agent="SegmenterAgent")
@@ -75,8 +76,9 @@ class SegmenterAgent(Agent):
 
     skills = (Skill("train_unsup", TrainUnsupRequest, TrainUnsupResult, "segment"),)
 
-    def _artifact(self, path: Path) -> Artifact:
-        return Artifact(path=str(path.relative_to(self.cfg.root)), sha256=content_hash(path))
+    def _artifact(self, staged: Path, final: Path) -> Artifact:
+        """An artifact named by its `final` path, hashed where it is `staged` until the rename."""
+        return Artifact(path=str(final.relative_to(self.cfg.root)), sha256=content_hash(staged))
 
     def _read_train(self, request: TrainUnsupRequest) -> DataFrame:
         path = self.cfg.path(request.train.path)
@@ -107,12 +109,16 @@ class SegmenterAgent(Agent):
             ).persist(StorageLevel.MEMORY_AND_DISK)
             log.info("train_unsup.preprocessed", rows=rows, features=seg.features,
                      impute=preprocessing.medians)
-            models = {
-                name: self._train_one(
-                    name, request, scaled, preprocessing, rows, experiment_id
-                )
-                for name in MODEL_NAMES
-            }
+            # Both models go into one temporary sibling of models_dir, renamed into place once
+            # both are saved: a killed run leaves the previous folder whole.
+            with atomic_path(self.cfg.path(seg.models_dir)) as staging:
+                staging.mkdir(parents=True)
+                models = {
+                    name: self._train_one(
+                        name, request, scaled, preprocessing, rows, experiment_id, staging
+                    )
+                    for name in MODEL_NAMES
+                }
         finally:
             if scaled is not None:
                 scaled.unpersist()
@@ -149,6 +155,7 @@ class SegmenterAgent(Agent):
         preprocessing: Preprocessing,
         rows: int,
         experiment_id: str,
+        staging: Path,
     ) -> SegmentationModel:
         seg = self.cfg.segment
         started = time.perf_counter()
@@ -162,15 +169,15 @@ class SegmenterAgent(Agent):
         params = export_params(name, seg.features, preprocessing, selection.model, bands)
         pipeline = full_pipeline(preprocessing, selection.model)
 
-        model_dir = self.cfg.path(seg.models_dir) / name
-        with atomic_path(model_dir) as tmp:
-            tmp.mkdir(parents=True)
-            pipeline.write().overwrite().save(str(tmp / MODEL_SUBDIR))
-            (tmp / PARAMS_FILE).write_text(params.model_dump_json(indent=2) + "\n")
+        model_dir = staging / name
+        model_dir.mkdir()
+        save_model_deterministic(pipeline, model_dir / MODEL_SUBDIR)
+        (model_dir / PARAMS_FILE).write_text(params.model_dump_json(indent=2) + "\n")
         train_seconds = round(time.perf_counter() - started, 3)
 
         run_id, model_uri = self._log_run(name, request, selection, profiles, pipeline,
                                           model_dir / PARAMS_FILE, rows, experiment_id)
+        final = self.cfg.path(seg.models_dir) / name
         log.info("train_unsup.model", model=name, k=selection.k,
                  metric=selection.candidates.metric,
                  scores={k: round(v, 4) for k, v in selection.candidates.scores.items()},
@@ -185,8 +192,8 @@ class SegmenterAgent(Agent):
             k=selection.k,
             selection=selection.candidates.scores,
             bands_per_k=selection.bands_per_k,
-            path=self._artifact(model_dir / MODEL_SUBDIR),
-            params_file=self._artifact(model_dir / PARAMS_FILE),
+            path=self._artifact(model_dir / MODEL_SUBDIR, final / MODEL_SUBDIR),
+            params_file=self._artifact(model_dir / PARAMS_FILE, final / PARAMS_FILE),
             segments=profiles,
         )
 
@@ -252,8 +259,9 @@ class SegmenterAgent(Agent):
             "train": request.train.model_dump(mode="json"),
             "models": {
                 name: {
+                    # No MLflow run id: this file is a DVC out, and byte-identical across reruns
+                    # (the run ids are in reports/train_unsup.json).
                     "k": m.k,
-                    "run_id": m.run_id,
                     "selection": {str(k): v for k, v in m.selection.items()},
                     "bands_per_k": {str(k): b for k, b in m.bands_per_k.items()},
                     "segments": [p.model_dump(mode="json") for p in m.segments],

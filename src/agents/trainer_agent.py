@@ -50,6 +50,7 @@ from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
+from src.utils.spark_io import save_model_deterministic, write_parquet_deterministic
 from src.utils.tracking import configure_mlflow, git_commit
 
 log = get_logger(agent="TrainerAgent")
@@ -168,8 +169,9 @@ class TrainerAgent(Agent):
         root = self.cfg.root.resolve()
         return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
-    def _artifact(self, path: Path, rows: int | None = None) -> Artifact:
-        return Artifact(path=self._relative(path), sha256=content_hash(path), rows=rows)
+    def _artifact(self, staged: Path, final: Path, rows: int | None = None) -> Artifact:
+        """An artifact named by its `final` path, hashed where it is `staged` until the rename."""
+        return Artifact(path=self._relative(final), sha256=content_hash(staged), rows=rows)
 
     def train(self, request: TrainSupRequest) -> TrainSupResult:
         """Train every model of `train.models` on the training split; each becomes an MLflow run."""
@@ -179,20 +181,26 @@ class TrainerAgent(Agent):
         data = load_training_data(spark, self.cfg, request)
         names: list[ModelName] = list(self.cfg.train.models)
         models: dict[str, TrainedModel] = {}
+        # All models go into one temporary sibling of models_dir, renamed into place once every
+        # one is saved: a killed run leaves the previous folder whole, never a mixture.
         try:
-            for i, name in enumerate(names, start=1):
-                log.info("train.model_start", model=name, i=i, n=len(names),
-                         features=len(data.spec.features), balance=self.cfg.train.balance,
-                         search=self.cfg.train.search)
-                models[name] = self._train_one(name, data, request, experiment_id, commit)
-                trained = models[name]
-                log.info("train.model_done", model=name, i=i, n=len(names),
-                         seconds=trained.train_seconds,
-                         validation_auc=round(trained.validation.auc_roc, 4),
-                         raw_validation_auc=round(trained.raw_validation.auc_roc, 4),
-                         test_ece_raw=round(trained.calibration_check.test_ece_raw, 4),
-                         test_ece=round(trained.calibration_check.test_ece, 4),
-                         run_id=trained.run_id)
+            with atomic_path(self.cfg.path(self.cfg.train.models_dir)) as staging:
+                staging.mkdir(parents=True)
+                for i, name in enumerate(names, start=1):
+                    log.info("train.model_start", model=name, i=i, n=len(names),
+                             features=len(data.spec.features), balance=self.cfg.train.balance,
+                             search=self.cfg.train.search)
+                    models[name] = self._train_one(
+                        name, data, request, experiment_id, commit, staging
+                    )
+                    trained = models[name]
+                    log.info("train.model_done", model=name, i=i, n=len(names),
+                             seconds=trained.train_seconds,
+                             validation_auc=round(trained.validation.auc_roc, 4),
+                             raw_validation_auc=round(trained.raw_validation.auc_roc, 4),
+                             test_ece_raw=round(trained.calibration_check.test_ece_raw, 4),
+                             test_ece=round(trained.calibration_check.test_ece, 4),
+                             run_id=trained.run_id)
         finally:
             data.unpersist()
         return TrainSupResult(
@@ -243,18 +251,16 @@ class TrainerAgent(Agent):
             validation_predictions=validation,
         )
 
-    def _save(self, name: str, fitted: _Fitted, spec: FeatureSpec) -> Path:
-        """Write model, spec, calibration and validation predictions to <models_dir>/<name>/."""
-        target = self.cfg.path(self.cfg.train.models_dir) / name
-        with atomic_path(target) as tmp:
-            tmp.mkdir(parents=True)
-            fitted.model.save(str(tmp / MODEL_DIR))
-            (tmp / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
-            (tmp / CALIBRATION_FILE).write_text(fitted.calibration.model_dump_json(indent=2) + "\n")
-            fitted.validation_predictions.orderBy(KEY_COLUMN).write.parquet(
-                str(tmp / VALIDATION_FILE)
-            )
-        return target
+    def _save(self, folder: Path, fitted: _Fitted, spec: FeatureSpec) -> Path:
+        """Write model, spec, calibration and validation predictions to `folder`, byte-stably."""
+        folder.mkdir(parents=True)
+        save_model_deterministic(fitted.model, folder / MODEL_DIR)
+        (folder / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
+        (folder / CALIBRATION_FILE).write_text(fitted.calibration.model_dump_json(indent=2) + "\n")
+        write_parquet_deterministic(
+            fitted.validation_predictions, folder / VALIDATION_FILE, order_by=[KEY_COLUMN]
+        )
+        return folder
 
     def _train_one(
         self,
@@ -263,13 +269,15 @@ class TrainerAgent(Agent):
         request: TrainSupRequest,
         experiment_id: str,
         commit: str | None,
+        staging: Path,
     ) -> TrainedModel:
         fitted = self._fit(name, data)
         try:
-            folder = self._save(name, fitted, data.spec)
+            folder = self._save(staging / name, fitted, data.spec)
             validation_rows = fitted.validation_predictions.count()
         finally:
             fitted.unpersist()
+        final = self.cfg.path(self.cfg.train.models_dir) / name
         with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
             mlflow.set_tags({"model": name, "stage": "train_sup"})
             mlflow.log_params(
@@ -307,10 +315,12 @@ class TrainerAgent(Agent):
             name=name,
             run_id=run.info.run_id,
             model_uri=info.model_uri,
-            path=self._artifact(folder / MODEL_DIR),
-            feature_spec=self._artifact(folder / SPEC_FILE),
-            validation_predictions=self._artifact(folder / VALIDATION_FILE, validation_rows),
-            calibration=self._artifact(folder / CALIBRATION_FILE),
+            path=self._artifact(folder / MODEL_DIR, final / MODEL_DIR),
+            feature_spec=self._artifact(folder / SPEC_FILE, final / SPEC_FILE),
+            validation_predictions=self._artifact(
+                folder / VALIDATION_FILE, final / VALIDATION_FILE, validation_rows
+            ),
+            calibration=self._artifact(folder / CALIBRATION_FILE, final / CALIBRATION_FILE),
             params=fitted.params,
             validation=fitted.validation,
             test=fitted.test,

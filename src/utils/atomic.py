@@ -31,8 +31,15 @@ def stale_siblings(target: Path) -> list[Path]:
 def remove_stale(target: Path) -> list[Path]:
     """Remove what a killed write of `target` left behind; returns the removed paths.
 
-    Writes of one target never run at once (one stage owns it; DVC locks the pipeline)."""
+    Writes of one target never run at once (one stage owns it; DVC locks the pipeline). A kill
+    between the two renames of a folder swap leaves no `target`: the previous folder is put back.
+    """
+    target = Path(target)
     stale = stale_siblings(target)
+    previous = [p for p in stale if p.name.startswith(f".{target.name}.old-")]
+    if previous and not (target.exists() or target.is_symlink()):
+        os.replace(previous[-1], target)
+        stale.remove(previous[-1])
     for path in stale:
         _remove(path)
     return stale

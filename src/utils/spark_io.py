@@ -33,20 +33,32 @@ def _drop_sidecars(folder: Path) -> None:
 def _reencode(path: Path, table: Any = None) -> None:
     """Rewrite a parquet file with pyarrow, whose output is byte-stable: parquet-mr lists each
     column's encodings in a JVM hash order that changes from one process to the next. Spark's
-    schema (the row metadata key) is kept, so Spark reads the same types back."""
+    schema (the row metadata key) is kept, so Spark reads the same types back (vectors, matrices,
+    nullability)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path) if table is None else table
-    pq.write_table(
-        table, path, compression="snappy", store_schema=False, coerce_timestamps="us",
+    # pyarrow drops the file's key-value metadata when it does not store its own schema.
+    metadata = dict(sorted((table.schema.metadata or {}).items()))
+    with pq.ParquetWriter(
+        path, table.schema, compression="snappy", store_schema=False, coerce_timestamps="us",
         allow_truncated_timestamps=False,
-    )
+    ) as writer:
+        writer.write_table(table)
+        if metadata:
+            writer.add_key_value_metadata(metadata)
 
 
 def _rename_parts(folder: Path) -> None:
-    """part-00000-<uuid>-c000.snappy.parquet → part-00000.parquet, in Spark's own part order."""
-    for index, part in enumerate(_data_files(folder)):
+    """part-00000-<uuid>-c000.snappy.parquet → part-00000.parquet, in Spark's own part order; text
+    parts (model metadata, XGBoost's booster) → part-00000."""
+    parts = _data_files(folder)
+    tables = [p for p in parts if p.name.endswith(PARQUET_SUFFIX)]
+    texts = [p for p in parts if not p.name.endswith(PARQUET_SUFFIX)]
+    for index, part in enumerate(tables):
         part.rename(part.with_name(f"part-{index:05d}{PARQUET_SUFFIX}"))
+    for index, part in enumerate(texts):
+        part.rename(part.with_name(f"part-{index:05d}"))
 
 
 def write_parquet_deterministic(
@@ -148,7 +160,6 @@ def _rewrite_table(path: Path, mapping: dict[str, str]) -> None:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    changed = False
     for index, field in enumerate(table.schema):
         if not pa.types.is_string(field.type):
             continue
@@ -160,11 +171,8 @@ def _rewrite_table(path: Path, mapping: dict[str, str]) -> None:
         ]
         if fixed != values:
             table = table.set_column(index, field, pa.array(fixed, type=field.type))
-            changed = True
-    # Only tables that carry uids or timestamps (flat ones, e.g. treesMetadata) are rewritten:
-    # pyarrow loses the nullability Spark ML expects of nested vector columns.
-    if changed:
-        _reencode(path, table)
+    # Every table is rewritten, changed or not: parquet-mr's bytes vary between processes.
+    _reencode(path, table)
 
 
 def _normalise_metadata(folder: Path) -> None:
@@ -188,16 +196,10 @@ def _normalise_metadata(folder: Path) -> None:
 
 def normalise_saved_model(folder: Path) -> None:
     """Make a saved Spark ML model folder stable: fixed part names, no sidecars, metadata
-    timestamps 0 and random uids renamed `<Class>_<n>`.
-
-    Not yet across JVMs: Spark's data parquet lists encodings in a per-JVM hash order."""
+    timestamps 0, random uids renamed `<Class>_<n>` and every parquet file rewritten by pyarrow."""
     _drop_sidecars(folder)
     for data in sorted(p for p in folder.rglob("*") if p.is_dir()):
-        if data.name == "metadata":
-            for index, part in enumerate(_data_files(data)):
-                part.rename(part.with_name(f"part-{index:05d}"))
-        else:
-            _rename_parts(data)
+        _rename_parts(data)
     _normalise_metadata(folder)
 
 
