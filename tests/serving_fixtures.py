@@ -159,10 +159,10 @@ def build_serving_bundles(spark: Any, split_project: Any) -> ServingBundles:
 
 
 def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
-    from src.agents.trainer_agent import load_training_data
     from src.contracts import TrainSupRequest
     from src.pipelines.export.onnx_export import export_classifier
     from src.pipelines.training.classifiers import fit_pipeline
+    from src.pipelines.training.data import load_training_data
 
     data = load_training_data(
         spark, cfg, TrainSupRequest(train=split.train, test=split.test)

@@ -54,7 +54,7 @@ def _records(df: DataFrame, spec: FeatureSpec) -> list[dict[str, Any]]:
 def test_spec_depends_on_training_rows_only(
     spark: Any, splits: tuple[Any, DataFrame, DataFrame], tmp_path: Path
 ) -> None:
-    from src.agents.trainer_agent import load_training_data
+    from src.pipelines.training.data import load_training_data
     from src.supervisor import load_result
 
     cfg, _, test = splits

@@ -121,11 +121,11 @@ def _loans_case(spark: Any, name: str, cfg: Any) -> tuple[Case, Any, Any]:
     from pyspark.ml import PipelineModel
     from pyspark.ml.classification import LogisticRegression
 
-    from src.agents.trainer_agent import load_training_data
     from src.contracts import TrainSupRequest
     from src.core.feature_spec import transform_records
     from src.pipelines.export.onnx_export import score_test_with_spark
     from src.pipelines.training.classifiers import build_pipeline
+    from src.pipelines.training.data import load_training_data
     from src.supervisor import load_result
 
     split = load_result(cfg, "split")

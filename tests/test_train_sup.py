@@ -68,14 +68,14 @@ def test_split(spark: Any, trained: tuple[Any, TrainSupResult]) -> DataFrame:
 
 
 def _probabilities(model: Any, df: DataFrame) -> np.ndarray:
-    from src.agents.trainer_agent import predictions
+    from src.pipelines.training.fitting import predictions
 
     rows = predictions(model, df).orderBy(KEY_COLUMN).select("probability").collect()
     return np.array([r[0] for r in rows])
 
 
 def _recall(model: Any, df: DataFrame) -> float:
-    from src.agents.trainer_agent import predictions
+    from src.pipelines.training.fitting import predictions
 
     defaults = predictions(model, df).filter(F.col(LABEL_COLUMN) == 1)
     return defaults.filter(F.col("probability") >= THRESHOLD).count() / defaults.count()
@@ -186,7 +186,7 @@ def test_xgboost_is_monotone_where_params_yaml_says(
 def test_spec_is_fitted_on_training_rows_and_used_by_the_model(
     spark: Any, trained: tuple[Any, TrainSupResult], test_split: DataFrame
 ) -> None:
-    from src.agents.trainer_agent import load_training_data
+    from src.pipelines.training.data import load_training_data
 
     cfg, result = trained
     data = load_training_data(spark, cfg, _request(cfg))
@@ -224,8 +224,8 @@ def test_spec_is_fitted_on_training_rows_and_used_by_the_model(
 def test_balancing_raises_minority_recall(
     spark: Any, trained: tuple[Any, TrainSupResult], test_split: DataFrame
 ) -> None:
-    from src.agents.trainer_agent import load_training_data
     from src.pipelines.training.classifiers import fit_pipeline
+    from src.pipelines.training.data import load_training_data
 
     cfg, result = trained
     data = load_training_data(spark, cfg, _request(cfg))

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import time
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import mlflow.spark
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
@@ -27,7 +23,6 @@ from src.core.segment_params import MODEL_NAMES, ModelName
 from src.pipelines.segmentation.bands import GapRule
 from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
-    PREDICTION,
     Candidates,
     Preprocessing,
     Segmentation,
@@ -38,37 +33,20 @@ from src.pipelines.segmentation.clustering import (
     full_pipeline,
     gmm_candidates,
     kmeans_candidates,
-    plot_profiles,
 )
-from src.utils.atomic import atomic_path, atomic_write_json
+from src.pipelines.segmentation.tracking import log_segmentation_run, write_report
+from src.utils.atomic import atomic_path
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
 from src.utils.spark_io import save_model_deterministic
-from src.utils.tracking import configure_mlflow, git_commit
+from src.utils.tracking import configure_mlflow
 
 log = get_logger(agent="SegmenterAgent")
 
-STAGE = "train_unsup"
 MODEL_SUBDIR = "model"
 PARAMS_FILE = "segments.json"
-REPORT_FILE = "segments.json"
-# Pinned into the logged model, so `mlflow models serve` rebuilds the environment that trained it.
-PIP_PACKAGES = ("pyspark", "mlflow", "numpy", "pandas", "pyarrow")
-BAND_RULE = (
-    "clusters ordered by observed training default rate; the closest adjacent pair is pooled "
-    "until every adjacent gap is at least segment.min_band_gap plus segment.band_gap_z standard "
-    "errors of the gap as the test split will measure it, and there are no more bands than "
-    "segment.risk_bands; k is the one giving the most bands, then the best silhouette (kmeans) "
-    "or BIC (gmm); band names are an evenly spread subset of segment.risk_bands, first and last "
-    "always kept"
-)
-
-
-def pip_requirements() -> list[str]:
-    """Exact versions of the packages needed to load the logged Spark model."""
-    return [f"{name}=={version(name)}" for name in PIP_PACKAGES]
 
 
 class SegmenterAgent(Agent):
@@ -123,7 +101,8 @@ class SegmenterAgent(Agent):
             if scaled is not None:
                 scaled.unpersist()
             train.unpersist()
-        report_path, plot_path = self._write_report(request, models)
+        report_path, plot_path = write_report(self.cfg, request, models)
+        log.info("train_unsup.report", report=str(report_path), plot=str(plot_path))
         for model in models.values():
             with mlflow.start_run(run_id=model.run_id):
                 mlflow.log_artifact(str(report_path), artifact_path="reports")
@@ -175,8 +154,10 @@ class SegmenterAgent(Agent):
         (model_dir / PARAMS_FILE).write_text(params.model_dump_json(indent=2) + "\n")
         train_seconds = round(time.perf_counter() - started, 3)
 
-        run_id, model_uri = self._log_run(name, request, selection, profiles, pipeline,
-                                          model_dir / PARAMS_FILE, rows, experiment_id)
+        run_id, model_uri = log_segmentation_run(
+            self.cfg, name, request, selection, profiles, pipeline, model_dir / PARAMS_FILE,
+            rows, experiment_id,
+        )
         final = self.cfg.path(seg.models_dir) / name
         log.info("train_unsup.model", model=name, k=selection.k,
                  metric=selection.candidates.metric,
@@ -196,85 +177,3 @@ class SegmenterAgent(Agent):
             params_file=self._artifact(model_dir / PARAMS_FILE, final / PARAMS_FILE),
             segments=profiles,
         )
-
-    def _log_run(
-        self,
-        name: ModelName,
-        request: TrainUnsupRequest,
-        selection: Segmentation,
-        profiles: list[SegmentProfile],
-        pipeline: Any,
-        params_file: Path,
-        rows: int,
-        experiment_id: str,
-    ) -> tuple[str, str]:
-        seg = self.cfg.segment
-        # Declared, not inferred: each feature is a double (NaN when missing), the output a cluster.
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("double", f) for f in seg.features]),
-            outputs=Schema([ColSpec("integer", PREDICTION)]),
-        )
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{STAGE}-{name}") as run:
-            mlflow.set_tags({
-                "stage": STAGE,
-                "model": name,
-                "git_commit": git_commit(self.cfg.root) or "unknown",
-                "train_data_sha256": request.train.sha256,
-            })
-            mlflow.log_params({
-                "model": name,
-                "features": ",".join(seg.features),
-                "k_range": f"{seg.k_range[0]}-{seg.k_range[1]}",
-                "max_iter": seg.max_iter,
-                "seed": self.cfg.seed,
-                "selection_metric": selection.candidates.metric,
-                "min_band_gap": seg.min_band_gap,
-                "band_gap_z": seg.band_gap_z,
-                "train_rows": rows,
-            })
-            mlflow.log_metric("chosen_k", selection.k)
-            chosen = selection.candidates
-            per_k = {chosen.metric: chosen.scores, **chosen.extra,
-                     "bands": {k: float(b) for k, b in selection.bands_per_k.items()}}
-            for metric, values in per_k.items():
-                for k, value in values.items():
-                    mlflow.log_metric(metric, value, step=k)
-            for p in profiles:
-                mlflow.log_metric(f"default_rate_{p.band}", p.default_rate)
-                mlflow.log_metric(f"size_{p.band}", p.size)
-            mlflow.log_artifact(str(params_file), artifact_path="segmentation")
-            info = mlflow.spark.log_model(
-                pipeline, "model", pip_requirements=pip_requirements(), signature=signature
-            )
-        return run.info.run_id, info.model_uri
-
-    def _write_report(
-        self, request: TrainUnsupRequest, models: dict[str, SegmentationModel]
-    ) -> tuple[Path, Path]:
-        seg = self.cfg.segment
-        report_path = self.cfg.path(self.cfg.supervisor.reports_dir) / REPORT_FILE
-        atomic_write_json(report_path, {
-            "serving_model": seg.serving_model,
-            "band_rule": BAND_RULE,
-            "train": request.train.model_dump(mode="json"),
-            "models": {
-                name: {
-                    # No MLflow run id: this file is a DVC out, and byte-identical across reruns
-                    # (the run ids are in reports/train_unsup.json).
-                    "k": m.k,
-                    "selection": {str(k): v for k, v in m.selection.items()},
-                    "bands_per_k": {str(k): b for k, b in m.bands_per_k.items()},
-                    "segments": [p.model_dump(mode="json") for p in m.segments],
-                }
-                for name, m in models.items()
-            },
-        })
-        plot_path = self.cfg.path(seg.profile_plot)
-        plot_profiles(
-            {name: [p.model_dump() for p in m.segments] for name, m in models.items()},
-            seg.risk_bands,
-            seg.serving_model,
-            plot_path,
-        )
-        log.info("train_unsup.report", report=str(report_path), plot=str(plot_path))
-        return report_path, plot_path
