@@ -2,7 +2,7 @@
 
 Two comparisons, each of two figures on the same rows by the same metric code:
 - the floor (the lender's grade, `register.floor_reference`): evaluate's validation figures of the
-  candidate and of the reference, both on the whole validation slice (`src/agents/evaluator_agent`
+  candidate and of the reference, both on the whole validation slice (`src/pipelines/evaluation/`
   `slice_metrics`, raw probabilities where the calibration table was fitted on those rows);
 - the current champion: the candidate's ONNX and the champion's own bundle, both raw, on the same
   seeded validation sample (`parity.validation_sample`), by `src.core.metrics.ranking_metric`.
