@@ -99,10 +99,10 @@ def _ranking(scored: DataFrame, positives: int, negatives: int) -> tuple[float, 
     return auc, average_precision, max(float(row["ks"]), 0.0)
 
 
-def point_metrics(
-    scored: DataFrame, bins: int, threshold: float | None = None, what: str = "slice"
-) -> PointMetrics:
-    """Ranking, probability and (at `threshold`) decision figures of every row of `scored`."""
+def _checked_table(
+    scored: DataFrame, bins: int, threshold: float | None, what: str
+) -> tuple[list, int, int]:
+    """The per-bin aggregates of `scored`, its rows and positives; refuses bad rows, one class."""
     table = _bin_rows(scored, bins, threshold)
     invalid = sum(r["n"] for r in table if r["bin"] == _INVALID_BIN)
     if invalid:
@@ -114,11 +114,33 @@ def point_metrics(
     positives = sum(int(r["positives"]) for r in table)
     if not 0 < positives < rows:
         raise DataError(f"evaluate: {what} needs both classes among its {rows} labels")
+    return table, rows, positives
+
+
+def _calibration_error(table: list, rows: int) -> float:
     ece = 0.0
     for r in table:
         n = int(r["n"])
         mean_predicted = float(Decimal(r["sum_p"]) / n)
         ece += n / rows * abs(mean_predicted - int(r["positives"]) / n)
+    return ece
+
+
+def _brier(table: list, rows: int) -> float:
+    return float(sum(Decimal(r["sum_squared"]) for r in table) / rows)
+
+
+def calibration_figures(scored: DataFrame, bins: int, what: str = "slice") -> tuple[float, float]:
+    """(ECE, Brier) of every row of `scored`, from one binned aggregate: no ranking pass."""
+    table, rows, _ = _checked_table(scored, bins, None, what)
+    return _calibration_error(table, rows), _brier(table, rows)
+
+
+def point_metrics(
+    scored: DataFrame, bins: int, threshold: float | None = None, what: str = "slice"
+) -> PointMetrics:
+    """Ranking, probability and (at `threshold`) decision figures of every row of `scored`."""
+    table, rows, positives = _checked_table(scored, bins, threshold, what)
     auc, average_precision, ks = _ranking(scored, positives, rows - positives)
     confusion = None
     if threshold is not None:
@@ -129,8 +151,8 @@ def point_metrics(
         auc_roc=auc,
         auc_pr=average_precision,
         ks=ks,
-        brier=float(sum(Decimal(r["sum_squared"]) for r in table) / rows),
+        brier=_brier(table, rows),
         log_loss=float(sum(Decimal(r["sum_log_loss"]) for r in table) / rows),
-        calibration_error=ece,
+        calibration_error=_calibration_error(table, rows),
         confusion=confusion,
     )

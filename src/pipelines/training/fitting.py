@@ -16,7 +16,7 @@ from src.contracts import CalibrationCheck, ModelMetrics
 from src.core.calibration import CALIBRATION_FILE, Calibration
 from src.core.feature_spec import FeatureSpec
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.evaluation.point_metrics import RANK, P, Y, point_metrics
+from src.pipelines.evaluation.point_metrics import RANK, P, Y, calibration_figures
 from src.pipelines.evaluation.spark_metrics import binary_metrics, positive_probability
 from src.pipelines.training.calibration import (
     RAW_PROBABILITY_COLUMN,
@@ -78,9 +78,9 @@ def probability_quality(validation: DataFrame, test: DataFrame, bins: int) -> Ca
                 F.col(column).alias(P),
                 F.col(column).alias(RANK),
             )
-            figures = point_metrics(scored, bins, what=f"{side} {column}")
-            values[f"{side}_ece{suffix}"] = figures.calibration_error
-            values[f"{side}_brier{suffix}"] = figures.brier
+            ece, brier = calibration_figures(scored, bins, what=f"{side} {column}")
+            values[f"{side}_ece{suffix}"] = ece
+            values[f"{side}_brier{suffix}"] = brier
     return CalibrationCheck(bins=bins, **values)
 
 
