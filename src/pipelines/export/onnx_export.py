@@ -154,11 +154,15 @@ def onnx_probabilities(model: onnx.ModelProto | bytes, matrix: np.ndarray) -> np
 def check_parity(model: onnx.ModelProto, spec: FeatureSpec, test: ScoredTest) -> Parity:
     """Spec in numpy + ONNX Runtime against Spark's probabilities, row by row."""
     onnx_p = onnx_probabilities(model, transform_records(spec, test.records))
-    diff = np.abs(onnx_p - test.spark_probability)
+    return parity_of(np.abs(onnx_p - test.spark_probability), test.keys, onnx_p)
+
+
+def parity_of(diff: np.ndarray, keys: list[str], onnx_probability: np.ndarray) -> Parity:
+    """The largest of the row-wise differences `diff` and the loan it occurs on."""
     worst = int(diff.argmax()) if len(diff) else None
     return Parity(
         rows=len(diff),
         max_abs_diff=float(diff.max()) if len(diff) else 0.0,
-        worst_key=test.keys[worst] if worst is not None else None,
-        onnx_probability=onnx_p,
+        worst_key=keys[worst] if worst is not None else None,
+        onnx_probability=onnx_probability,
     )

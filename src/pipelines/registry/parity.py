@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from src.core.calibration import Calibration
 from src.core.raw_schema import KEY_COLUMN
-from src.pipelines.export.onnx_export import Parity, ScoredTest
+from src.pipelines.export.onnx_export import Parity, ScoredTest, parity_of
 from src.utils.errors import PermanentError
 
 # Salted so the sample is not the start of the split's or the validation slice's hash order.
@@ -42,13 +42,7 @@ def calibrated_parity(parity: Parity, scored: ScoredTest, calibration: Calibrati
     diff = np.abs(onnx_p - calibration.apply(scored.spark_probability))
     # The raw difference counts too: a flat stretch of the table must not hide a broken export.
     diff = np.maximum(diff, np.abs(parity.onnx_probability - scored.spark_probability))
-    worst = int(diff.argmax()) if len(diff) else None
-    return Parity(
-        rows=len(diff),
-        max_abs_diff=float(diff.max()) if len(diff) else 0.0,
-        worst_key=scored.keys[worst] if worst is not None else None,
-        onnx_probability=onnx_p,
-    )
+    return parity_of(diff, scored.keys, onnx_p)
 
 
 def require_parity(parity: Parity, tolerance: float, model: str) -> None:
