@@ -153,7 +153,7 @@ def kmeans_candidates(
     models = {k: fit_kmeans(scaled, k, seed, max_iter) for k in ks}
     scores = {k: float(evaluator.evaluate(m.transform(scaled))) for k, m in models.items()}
     costs = {k: float(m.summary.trainingCost) for k, m in models.items()}
-    return Candidates("silhouette", True, dict(models), scores, {"training_cost": costs})
+    return Candidates("silhouette", True, models, scores, {"training_cost": costs})
 
 
 def gmm_candidates(
@@ -163,7 +163,7 @@ def gmm_candidates(
     models = {k: fit_gmm(scaled, k, seed, max_iter) for k in ks}
     log_likelihoods = {k: float(m.summary.logLikelihood) for k, m in models.items()}
     scores = {k: gmm_bic(log_likelihoods[k], k, models[k].numFeatures, rows) for k in ks}
-    return Candidates("bic", False, dict(models), scores, {"log_likelihood": log_likelihoods})
+    return Candidates("bic", False, models, scores, {"log_likelihood": log_likelihoods})
 
 
 def full_pipeline(preprocessing: Preprocessing, cluster_model: Transformer) -> PipelineModel:
