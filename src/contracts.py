@@ -17,6 +17,13 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Marks a field that records one run (ids, times) rather than what the run produced. Such fields
+# are written to reports/runs/<stage>.json, so a rerun with the same outcome leaves
+# reports/<stage>.json, which DVC's downstream stages depend on, byte-identical
+# (src/utils/stage_reports.py).
+RUN_RECORD: dict[str, Any] = {"run_record": True}
+
+
 class Artifact(Message):
     """A file or folder a stage produced, with its content hash."""
 
@@ -29,9 +36,9 @@ class StageResult(Message):
     """Fields every result carries; the supervisor fills the run fields."""
 
     stage: str
-    run_id: str = ""
-    finished_at: datetime | None = None
-    duration_s: float = 0.0
+    run_id: str = Field(default="", json_schema_extra=RUN_RECORD)
+    finished_at: datetime | None = Field(default=None, json_schema_extra=RUN_RECORD)
+    duration_s: float = Field(default=0.0, json_schema_extra=RUN_RECORD)
 
     def artifacts(self) -> list[Artifact]:
         """Every artifact this result names, however deeply nested, for staleness checks."""
@@ -149,8 +156,10 @@ class CalibrationCheck(Message):
 
 class TrainedModel(Message):
     name: str = Field(description="random_forest | gbt | mlp | logistic | xgboost")
-    run_id: str = Field(description="MLflow run id")
-    model_uri: str = Field(description="MLflow URI of the logged Spark model")
+    run_id: str = Field(description="MLflow run id", json_schema_extra=RUN_RECORD)
+    model_uri: str = Field(
+        description="MLflow URI of the logged Spark model", json_schema_extra=RUN_RECORD
+    )
     path: Artifact = Field(description="Spark PipelineModel saved under models/supervised/<name>/")
     feature_spec: Artifact
     validation_predictions: Artifact = Field(
@@ -166,7 +175,7 @@ class TrainedModel(Message):
     test: ModelMetrics = Field(description="on calibrated probabilities")
     raw_validation: ModelMetrics = Field(description="on the model's raw probabilities")
     calibration_check: CalibrationCheck
-    train_seconds: float
+    train_seconds: float = Field(json_schema_extra=RUN_RECORD)
 
 
 class ValidationSlice(Message):
@@ -182,7 +191,7 @@ class ValidationSlice(Message):
 class TrainSupResult(StageResult):
     stage: Literal["train_sup"] = "train_sup"
     train_data_sha256: str
-    git_commit: str | None
+    git_commit: str | None = Field(json_schema_extra=RUN_RECORD)
     experiment: str
     validation: ValidationSlice
     models: dict[str, TrainedModel]
@@ -203,8 +212,8 @@ class SegmentProfile(Message):
 
 class SegmentationModel(Message):
     name: str = Field(description="kmeans | gmm")
-    run_id: str
-    model_uri: str
+    run_id: str = Field(json_schema_extra=RUN_RECORD)
+    model_uri: str = Field(json_schema_extra=RUN_RECORD)
     k: int
     selection: dict[int, float] = Field(description="score of each k tried (silhouette or BIC)")
     bands_per_k: dict[int, int] = Field(

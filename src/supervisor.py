@@ -40,7 +40,6 @@ from src.contracts import (
     TrainSupRequest,
     TrainUnsupRequest,
 )
-from src.utils.atomic import atomic_write_json
 from src.utils.config import Config, load_config
 from src.utils.errors import (
     PermanentError,
@@ -51,6 +50,7 @@ from src.utils.errors import (
 )
 from src.utils.hashing import content_hash
 from src.utils.logging import bind_context, clear_context, configure_logging, get_logger
+from src.utils.stage_reports import read_stage_report, run_record_path, write_stage_report
 
 log = get_logger(component="supervisor")
 
@@ -159,12 +159,15 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
     if not path.is_file():
         raise StaleUpstreamError(f"{path}: no result of stage '{stage_name}'; run it first")
     try:
-        result = stage.skill.result.model_validate_json(path.read_text())
+        result = read_stage_report(path, stage.skill.result)
+    except json.JSONDecodeError as exc:
+        raise StaleUpstreamError(f"{path}: not a {stage_name} result: {exc}") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise StaleUpstreamError(
-            f"{path}: not a valid {stage_name} result: {where}: {first['msg']}"
+            f"{path} (+ {run_record_path(path).name} in runs/): not a valid {stage_name} "
+            f"result: {where}: {first['msg']}"
         ) from exc
     if verify:
         for artifact in result.artifacts():
@@ -239,7 +242,7 @@ def run_agent(
     result = result.model_copy(
         update={"run_id": run_id, "duration_s": duration, "finished_at": datetime.now(UTC)}
     )
-    atomic_write_json(cfg.report_path(stage_name), result.model_dump(mode="json"))
+    write_stage_report(cfg.report_path(stage_name), result)
     log.info("stage.done", duration_s=duration, report=str(cfg.report_path(stage_name)))
     return result
 
@@ -285,10 +288,10 @@ def _print_status(cfg: Config) -> None:
         if state != "ok":
             print(f"{name:<12} {state}")
             continue
-        summary = json.loads(cfg.report_path(name).read_text())
+        result = load_result(cfg, name, verify=False)
         print(
-            f"{name:<12} {state:<6} finished {summary.get('finished_at')} "
-            f"in {summary.get('duration_s')} s, run {summary.get('run_id')}"
+            f"{name:<12} {state:<6} finished {result.finished_at} "
+            f"in {result.duration_s} s, run {result.run_id}"
         )
 
 

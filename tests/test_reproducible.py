@@ -83,27 +83,29 @@ def _estimators() -> dict[str, Any]:
     }
 
 
-def test_every_model_saved_twice_is_byte_identical_and_predicts_the_same(
+def test_every_model_fitted_twice_saves_byte_identical_and_predicts_the_same(
     spark: Any, tmp_path: Path
 ) -> None:
-    """Imputer and StandardScaler (vector data) before each model, as in the pipelines."""
+    """Two fits from freshly built estimators (new random uids, as in a new process), each with
+    Imputer and StandardScaler (vector data) before the model, as in the pipelines."""
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.feature import Imputer, StandardScaler, VectorAssembler
 
     rng = random.Random(5)
     rows = [(i, rng.random(), rng.random(), int(rng.random() < 0.3)) for i in range(300)]
     df = spark.createDataFrame(rows, "id long, a double, b double, label int")
-    for name, estimator in _estimators().items():
-        stages = [Imputer(inputCols=["a", "b"], outputCols=["a_", "b_"]),
-                  VectorAssembler(inputCols=["a_", "b_"], outputCol="raw"),
-                  StandardScaler(inputCol="raw", outputCol="features"), estimator]
-        model = Pipeline(stages=stages).fit(df)
-        # Saved twice from one fit (fresh uids across processes: tests/test_rerun_and_kill.py).
+    for name in _estimators():
+        fitted = {}
         for run in ("a", "b"):
-            save_model_deterministic(model, tmp_path / name / run)
+            stages = [Imputer(inputCols=["a", "b"], outputCols=["a_", "b_"]),
+                      VectorAssembler(inputCols=["a_", "b_"], outputCol="raw"),
+                      StandardScaler(inputCol="raw", outputCol="features"), _estimators()[name]]
+            fitted[run] = Pipeline(stages=stages).fit(df)
+            save_model_deterministic(fitted[run], tmp_path / name / run)
+        assert fitted["a"].uid != fitted["b"].uid, name
         files = _files(tmp_path / name / "a")
         assert files == _files(tmp_path / name / "b"), name
         assert not any("_SUCCESS" in n or n.endswith(".crc") for n in files), name
         loaded = PipelineModel.load(str(tmp_path / name / "a"))
-        expected = model.transform(df).orderBy("id").collect()
+        expected = fitted["b"].transform(df).orderBy("id").collect()
         assert loaded.transform(df).orderBy("id").collect() == expected, name

@@ -602,6 +602,7 @@ def test_score_command_runs_the_agent_and_writes_the_report(
 
     from src.contracts import ScoreResult
     from src.supervisor import main
+    from src.utils.stage_reports import read_stage_report
 
     # Records, not lines: free-text fields may hold quoted newlines.
     with gzip.open(sample_path, "rt", newline="") as handle:
@@ -616,7 +617,7 @@ def test_score_command_runs_the_agent_and_writes_the_report(
                  "--format", "csv"])
     assert code == 0
     report = serving_bundles.cfg.report_path("score")
-    result = ScoreResult.model_validate_json(report.read_text())
+    result = read_stage_report(report, ScoreResult)
     assert result.run_id == "score-test" and result.scored_rows + result.unscored_rows == SCORE_ROWS
     assert result.format == "csv" and result.output == str(output)
     # Records, not lines: a quoted reason may span lines.

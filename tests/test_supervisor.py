@@ -64,7 +64,8 @@ def test_transient_faults_are_retried_and_logged(kaggle_stub: KaggleStub, tmp_pa
     done = [e for e in log if e["event"] == "stage.done"]
     assert done and done[0]["attempt"] == 3 and done[0]["duration_s"] > 0
     report = json.loads((tmp_path / "reports" / "fetch.json").read_text())
-    assert report["source"] == "kaggle" and report["run_id"] == "r1"
+    run = json.loads((tmp_path / "reports" / "runs" / "fetch.json").read_text())
+    assert report["source"] == "kaggle" and "run_id" not in report and run["run_id"] == "r1"
     with gzip.open(tmp_path / report["raw"]["path"], "rt") as handle:
         assert handle.readline().startswith("id,member_id,loan_amnt")
 
