@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS ?= 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup pipeline stage test lint bench serve bench-serve clean help cluster-up cluster-down \
+.PHONY: setup pipeline stage test test-cluster lint bench serve bench-serve clean help cluster-up cluster-down \
 	cluster-status bench-scale
 
 help:  ## list the targets
@@ -30,6 +30,9 @@ stage: $(STAMP)  ## run one stage without DVC: make stage STAGE=prep
 
 test: $(STAMP)  ## run the test suite (real Spark, MLflow and DVC)
 	$(BIN)/python -m pytest
+
+test-cluster: $(STAMP)  ## the stages on a real two-worker standalone cluster equal local mode's
+	$(BIN)/python -m pytest -m cluster
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests scripts

@@ -20,7 +20,7 @@ from tests.conftest import REPO, write_params
 MODELS = {"random_forest": {"numTrees": 20}, "logistic": {"maxIter": 20}}
 SMALL = {
     "data": {"source": "auto", "synthetic": {"rows": 4000}},
-    "segment": {"k_range": [3, 4]},
+    "segment": {"k_range": [3, 3]},
     "evaluate": {"bootstrap_samples": 100},
     # Small models need not beat the lender's grade; the floor has its own test (test_register).
     "register": {"floor_reference": None},

@@ -96,11 +96,15 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
 def test_train_sup_killed_between_models_leaves_the_old_models_whole(
     trained_project: Any, tmp_path: Path
 ) -> None:
-    """Not a mixture: one new model saved in staging when the kill comes, the old five intact."""
+    """Not a mixture: one new model saved in staging when the kill comes, the old ones intact."""
     mlflow = {"tracking_uri": "sqlite:///mlruns_kill/mlflow.db",
               "artifact_root": "mlruns_kill/artifacts", "experiment": "kill-test"}
     cfg = _copy_project(trained_project, tmp_path / "project",
                         {**SMALL_TRAINING, "mlflow": mlflow})
+    # The quickest model first: the kill comes once it is saved, while the forest trains.
+    params = yaml.safe_load((cfg.root / "params.yaml").read_text())
+    params["train"]["models"] = {"logistic": {"maxIter": 10}, "random_forest": {"numTrees": 20}}
+    (cfg.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     models = cfg.path(cfg.train.models_dir)
     before = _files(models)
     report = cfg.report_path("train_sup").read_bytes()
