@@ -166,8 +166,8 @@ def load_result(cfg: Config, stage_name: str, verify: bool = True) -> StageResul
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise StaleUpstreamError(
-            f"{path} (+ {run_record_path(path).name} in runs/): not a valid {stage_name} "
-            f"result: {where}: {first['msg']}"
+            f"{path}: not a valid {stage_name} result (with its run record "
+            f"{run_record_path(path)}): {where}: {first['msg']}"
         ) from exc
     if verify:
         for artifact in result.artifacts():
