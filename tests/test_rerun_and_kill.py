@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from src.supervisor import run_stages, stage_states
@@ -93,10 +94,11 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
     assert _files(*outputs) == before, "a rerun on the same input writes the same bytes"
 
 
-def test_train_sup_killed_between_models_leaves_the_old_models_whole(
-    trained_project: Any, tmp_path: Path
+def test_train_sup_killed_mid_training_leaves_the_old_models_whole_and_the_rerun_cleans_up(
+    trained_project: Any, spark: Any, tmp_path: Path
 ) -> None:
-    """Not a mixture: one new model saved in staging when the kill comes, the old ones intact."""
+    """Not a mixture: the kill comes at a seeded random moment after the first new model is saved
+    in staging, while the next one trains; the old models stay intact until a complete rerun."""
     mlflow = {"tracking_uri": "sqlite:///mlruns_kill/mlflow.db",
               "artifact_root": "mlruns_kill/artifacts", "experiment": "kill-test"}
     cfg = _copy_project(trained_project, tmp_path / "project",
@@ -105,14 +107,26 @@ def test_train_sup_killed_between_models_leaves_the_old_models_whole(
     params = yaml.safe_load((cfg.root / "params.yaml").read_text())
     params["train"]["models"] = {"logistic": {"maxIter": 10}, "random_forest": {"numTrees": 20}}
     (cfg.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = load_config(cfg.root / "params.yaml")
     models = cfg.path(cfg.train.models_dir)
     before = _files(models)
     report = cfg.report_path("train_sup").read_bytes()
+    delay = random.Random(12).uniform(0.0, 2.0)
+    saved_since: list[float] = []
 
-    def first_model_saved() -> bool:
-        return any(models.parent.glob(f".{models.name}.tmp-*/*/calibration.json"))
+    def first_model_saved_a_while_ago() -> bool:
+        if not saved_since and any(models.parent.glob(f".{models.name}.tmp-*/*/calibration.json")):
+            saved_since.append(time.monotonic())
+        return bool(saved_since) and time.monotonic() - saved_since[0] >= delay
 
-    _kill_stage_when(cfg.root, "train_sup", first_model_saved, timeout_s=400)
+    _kill_stage_when(cfg.root, "train_sup", first_model_saved_a_while_ago, timeout_s=400)
     assert _debris(models.parent), "the kill came after the rename: nothing was tested"
     assert _files(models) == before and cfg.report_path("train_sup").read_bytes() == report
+    assert stage_states(cfg)["train_sup"] == "ok"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        run_stages(cfg, ["train_sup"], run_id="after-kill")
+    assert _debris(models.parent) == []
+    assert sorted(p.name for p in models.iterdir()) == ["logistic", "random_forest"]
     assert stage_states(cfg)["train_sup"] == "ok"
