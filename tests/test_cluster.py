@@ -3,7 +3,7 @@
 The cluster is started by the same script as `make cluster-up`, on free ports, and stopped in a
 finalizer. One process holds one SparkContext, and this one holds the local session of the test
 run, so the cluster stages run as DVC runs them: one `python -m src.supervisor` process each, with
-SPARK_MASTER pointing at the cluster. Marked `cluster` and left out of `make test` (it starts five
+SPARK_MASTER pointing at the cluster. Marked `cluster` and left out of `make test` (it starts four
 Spark applications with their executors); `make test-cluster` runs it, and so does CI.
 """
 
