@@ -36,20 +36,25 @@ def tree_rss(proc: psutil.Process) -> int:
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, int]:
     """Run `cmd`; return wall seconds, peak tree RSS in bytes and the exit code."""
-    started = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = psutil.Process(child.pid)
-    peak = 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, tree_rss(proc))
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(SAMPLE_INTERVAL_S)
-    _, stderr = child.communicate()
-    if child.returncode:
-        sys.stderr.write(stderr.decode()[-2000:])
-    return time.perf_counter() - started, peak, child.returncode
+    # stderr goes to a file, not a pipe: a long stage logs more than a pipe holds, and a pipe
+    # nobody reads until the end would block the stage mid-run.
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = psutil.Process(child.pid)
+        peak = 0
+        while child.poll() is None:
+            try:
+                peak = max(peak, tree_rss(proc))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(SAMPLE_INTERVAL_S)
+        child.wait()
+        seconds = time.perf_counter() - started
+        if child.returncode:
+            stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 2000))
+            sys.stderr.write(stderr.read().decode(errors="replace"))
+    return seconds, peak, child.returncode
 
 
 def main() -> int:
