@@ -76,7 +76,7 @@ def _write_rows(rows: list[dict[str, str]], path: Path) -> None:
 
 def _batch(spark: Any, cfg: Any, rows: list[dict[str, str]], path: Path) -> list[Any]:
     _write_rows(rows, path)
-    parsed = _parsed_rows(spark, cfg, path).select("_row", "_raw_id", ROW_CLASS, REASONS)
+    parsed = _parsed_rows(spark, cfg, path).select("_raw_id", ROW_CLASS, REASONS)
     return sorted(parsed.collect(), key=lambda r: int(r["_raw_id"]))
 
 

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -197,11 +198,12 @@ def classify_rows(
     categorical: list[str],
     dates: list[str],
     required: list[str],
+    passthrough: Sequence[str] = (),
 ) -> DataFrame:
     """Parse and judge allowlisted columns; tag each row footer, unresolved, rejected or kept.
 
     `REASONS` holds every reason a row is refused (loan.judge's, then an unknown loan_status),
-    `REASON` the same joined by "; " for rejected rows.
+    `REASON` the same joined by "; " for rejected rows. `passthrough` columns are kept as they are.
     """
     columns = [LOAN_COLUMNS[name] for name in application_columns(numeric, categorical, dates)]
     status = blank_to_null(F.col("loan_status"))
@@ -215,6 +217,7 @@ def classify_rows(
         label.cast("int").alias(LABEL_COLUMN),
         *[blank_to_null(F.col(c.name)).alias(f"_text_{c.name}") for c in columns],
         *[F.col(c.name).alias(f"raw_{c.name}") for c in columns],
+        *[F.col(c) for c in passthrough],
     )
     parsed = texts.select(
         "*", *[_parse(c.kind, F.col(f"_text_{c.name}")).alias(c.name) for c in columns]

@@ -23,6 +23,7 @@ from src.contracts import ScoreResult
 from src.core.bundle import REQUIRED_FILES, Bundle, is_model_uri, read_bundle
 from src.core.calibration import CALIBRATION_FILE
 from src.core.loan import ISSUE_COLUMN, current_month, month_text
+from src.core.raw_schema import KEY_COLUMN
 from src.pipelines.scoring.model_udf import (
     DECISION,
     DECLINE,
@@ -36,19 +37,19 @@ from src.pipelines.scoring.model_udf import (
     ScoringTask,
     score_batches,
 )
-from src.pipelines.scoring.progress import progress_events
 from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
 from src.utils.logging import get_logger
 from src.utils.spark import spark_uri
+from src.utils.spark_progress import spark_progress
 
 log = get_logger(component="scoring")
 
 OutputFormat = Literal["parquet", "csv"]
 # Scoring ignores the outcome; a known status lets classify_rows judge the other fields only.
 OUTCOME_PLACEHOLDER = "Fully Paid"
-_ROW = "_row"
+_RAW_KEY = "_raw_key"
 _RAW_ID = "_raw_id"
 _RAW_STATUS = "_raw_status"
 _KINDS = "_reason_kinds"
@@ -85,8 +86,13 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
     is_footer = ~blank_id & ~F.trim(F.col("id")).rlike(r"^\d+$") & blank_status
     # A loan without an issue month is a new application: issued this month, as the API assumes.
     blank_issue = blank_to_null(F.col(ISSUE_COLUMN)).isNull()
+    # One projection of the read: the key, id and status as the file has them, beside the copies
+    # classify_rows judges (all expressions read the raw columns, not each other).
     judged_input = raw.withColumns(
         {
+            _RAW_KEY: row_key(raw),
+            _RAW_ID: F.col("id"),
+            _RAW_STATUS: F.col("loan_status"),
             "loan_status": F.when(is_footer, F.col("loan_status")).otherwise(
                 F.lit(OUTCOME_PLACEHOLDER)
             ),
@@ -94,19 +100,11 @@ def _parsed_rows(spark: Any, cfg: Config, input_path: Path) -> Any:
             .otherwise(F.col(ISSUE_COLUMN)),
         }
     )
-    # Both frames are narrow projections of the same read, so the id Spark gives each row
-    # (partition, position) is the same in both: it is the join key.
-    keys = raw.select(
-        F.monotonically_increasing_id().alias(_ROW),
-        row_key(raw).alias("loan_key"),
-        F.col("id").alias(_RAW_ID),
-        F.col("loan_status").alias(_RAW_STATUS),
-    )
     judged = classify_rows(
-        judged_input, prep.numeric, prep.categorical, prep.dates, prep.required
-    ).drop("loan_key", "loan_status").withColumn(_ROW, F.monotonically_increasing_id())
-    # Left join from every raw record: a record without a judgement shows up as a null class.
-    return keys.join(judged, _ROW, "left")
+        judged_input, prep.numeric, prep.categorical, prep.dates, prep.required,
+        passthrough=(_RAW_KEY, _RAW_ID, _RAW_STATUS),
+    )
+    return judged.drop(KEY_COLUMN, "loan_status").withColumnRenamed(_RAW_KEY, KEY_COLUMN)
 
 
 def _model_inputs(cfg: Config, bundle: Bundle) -> list[str]:
@@ -140,8 +138,8 @@ def _records_frame(rows: Any, cfg: Config, inputs: list[str]) -> Any:
     return with_derived.select(
         ROW_CLASS,
         # The raw LendingClub id; prep's loan_key where the row has none (or stray text).
-        F.when(raw_id.rlike(r"^[0-9]+$"), raw_id).otherwise(F.col("loan_key")).alias(ID),
-        F.col("loan_key").alias(KEY),
+        F.when(raw_id.rlike(r"^[0-9]+$"), raw_id).otherwise(F.col(KEY_COLUMN)).alias(ID),
+        F.col(KEY_COLUMN).alias(KEY),
         F.when(kept, F.lit(SCORED)).otherwise(F.lit(UNSCORED)).alias(STATUS),
         F.col(PREP_REASON).alias(REASON),
         # A row with several reasons counts under each of their kinds, as prep's report does.
@@ -234,8 +232,8 @@ def score_file(
         records = records.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             row_class = F.col(ROW_CLASS)
-            interval = cfg.score.progress_interval_s
-            with progress_events(spark, "read", interval):
+            interval = cfg.spark.progress_interval_s
+            with spark_progress(spark, "score.progress", interval, phase="read"):
                 counts = records.agg(
                     F.count(F.lit(1)).alias("input"),
                     *[F.count_if(row_class == c).alias(c) for c in ("footer", "kept", "rejected")],
@@ -268,7 +266,7 @@ def score_file(
                 .mapInPandas(partial(score_batches, task), OUTPUT_SCHEMA)
             )
             with atomic_path(output_path) as tmp:
-                with progress_events(spark, "score", interval):
+                with spark_progress(spark, "score.progress", interval, phase="score"):
                     _write(scored, tmp, fmt)
                 # Counted from what was written, before it is renamed into place.
                 written = read_output(spark, tmp, fmt).agg(
