@@ -41,6 +41,7 @@ from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
 from src.utils.spark_io import save_model_deterministic
+from src.utils.spark_progress import spark_progress
 from src.utils.tracking import configure_mlflow
 
 log = get_logger(agent="SegmenterAgent")
@@ -73,6 +74,7 @@ class SegmenterAgent(Agent):
         """Fit both segmentations on the training split, save, profile, plot and log them."""
         seg = self.cfg.segment
         experiment_id = configure_mlflow(self.cfg)
+        spark = get_spark(self.cfg.spark)
         train = self._read_train(request).persist(StorageLevel.MEMORY_AND_DISK)
         scaled: DataFrame | None = None
         try:
@@ -91,12 +93,14 @@ class SegmenterAgent(Agent):
             # both are saved: a killed run leaves the previous folder whole.
             with atomic_path(self.cfg.path(seg.models_dir)) as staging:
                 staging.mkdir(parents=True)
-                models = {
-                    name: self._train_one(
-                        name, request, scaled, preprocessing, rows, experiment_id, staging
-                    )
-                    for name in MODEL_NAMES
-                }
+                models: dict[ModelName, SegmentationModel] = {}
+                for i, name in enumerate(MODEL_NAMES, start=1):
+                    with spark_progress(spark, "train_unsup.progress",
+                                        self.cfg.spark.progress_interval_s,
+                                        model=name, i=i, n=len(MODEL_NAMES)):
+                        models[name] = self._train_one(
+                            name, request, scaled, preprocessing, rows, experiment_id, staging
+                        )
         finally:
             if scaled is not None:
                 scaled.unpersist()

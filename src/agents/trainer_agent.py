@@ -21,6 +21,7 @@ from src.utils.atomic import atomic_path
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
 from src.utils.spark import get_spark
+from src.utils.spark_progress import spark_progress
 from src.utils.tracking import configure_mlflow, git_commit
 
 log = get_logger(agent="TrainerAgent")
@@ -57,9 +58,11 @@ class TrainerAgent(Agent):
                     log.info("train.model_start", model=name, i=i, n=len(names),
                              features=len(data.spec.features), balance=self.cfg.train.balance,
                              search=self.cfg.train.search)
-                    models[name] = self._train_one(
-                        name, data, request, experiment_id, commit, staging
-                    )
+                    with spark_progress(spark, "train.progress", self.cfg.spark.progress_interval_s,
+                                        model=name, i=i, n=len(names)):
+                        models[name] = self._train_one(
+                            name, data, request, experiment_id, commit, staging
+                        )
                     trained = models[name]
                     log.info("train.model_done", model=name, i=i, n=len(names),
                              seconds=trained.train_seconds,

@@ -143,6 +143,8 @@ class SparkConfig(Section):
     executor_memory: str = "1g"
     # Raw CSV.gz is streamed once into record-aligned plain CSV parts of about this size.
     input_chunk_mb: int = Field(default=16, gt=0)
+    # How often long Spark work (training, scoring) logs a progress event.
+    progress_interval_s: float = Field(default=30.0, gt=0)
     # Any other Spark setting, passed as is (e.g. spark.hadoop.fs.s3a.* for an object store).
     conf: dict[str, str] = Field(default_factory=dict)
     cluster: ClusterConfig = ClusterConfig()
@@ -273,8 +275,6 @@ class ScoreConfig(Section):
     rows_per_file: int = Field(default=500_000, ge=1)
     # onnxruntime threads inside one Spark task: Spark already runs one task per core.
     onnx_threads: int = Field(default=1, ge=1)
-    # How often a long run logs its Spark progress (tasks done per stage).
-    progress_interval_s: float = Field(default=30.0, gt=0)
 
 
 class Config(Section):
