@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO, replace_models, write_params
 
 # Small but real: enough loans for every stage, two small models so the run stays short (these
 # tests are about DVC; every model kind is trained in test_train_sup and saved twice, byte for byte,
@@ -48,9 +47,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (REPO / name).is_file() and not name.startswith("tests/"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load(write_params(root, SMALL).read_text())
-    params["train"]["models"] = MODELS  # replaced, not merged: the other kinds are left out
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    replace_models(write_params(root, SMALL), MODELS)
     run(["git", "init", "-q"], root)
     if not (root / ".dvc").is_dir():
         run([sys.executable, "-m", "dvc", "init", "-q"], root)

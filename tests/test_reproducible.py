@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -11,14 +10,7 @@ from typing import Any
 from src.supervisor import run_stages
 from src.utils.config import load_config
 from src.utils.spark_io import save_model_deterministic
-from tests.conftest import write_params
-
-
-def _files(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+from tests.conftest import file_hashes, write_params
 
 
 def _report_hashes(root: Path) -> dict[str, str]:
@@ -50,7 +42,7 @@ def test_prep_and_split_twice_give_the_same_bytes(
         )
         run_stages(cfg, ["fetch", "prep", "split"], run_id=f"repro-{run}")
         outputs = {
-            name: _files(root / "data" / name) for name in ("processed", "split")
+            name: file_hashes(root / "data" / name) for name in ("processed", "split")
         }
         runs.append((_report_hashes(root), outputs))
     (hashes_a, files_a), (hashes_b, files_b) = runs
@@ -97,8 +89,8 @@ def test_every_model_fitted_twice_saves_byte_identical_and_predicts_the_same(
             fitted[run] = Pipeline(stages=stages).fit(df)
             save_model_deterministic(fitted[run], tmp_path / name / run)
         assert fitted["a"].uid != fitted["b"].uid, name
-        files = _files(tmp_path / name / "a")
-        assert files == _files(tmp_path / name / "b"), name
+        files = file_hashes(tmp_path / name / "a")
+        assert files == file_hashes(tmp_path / name / "b"), name
         assert not any("_SUCCESS" in n or n.endswith(".crc") for n in files), name
         loaded = PipelineModel.load(str(tmp_path / name / "a"))
         expected = fitted["b"].transform(df).orderBy("id").collect()

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -21,15 +20,7 @@ import yaml
 
 from src.supervisor import run_stages, stage_states
 from src.utils.config import deep_merge, load_config
-from tests.conftest import SMALL_TRAINING
-
-
-def _files(*folders: Path) -> dict[str, str]:
-    """Content hash of every file under `folders`, by path."""
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+from tests.conftest import SMALL_TRAINING, file_hashes, replace_models
 
 
 def _debris(folder: Path) -> list[str]:
@@ -75,7 +66,7 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
     cfg = _copy_project(split_project, tmp_path / "project", {})
     processed = cfg.path("data/processed")
     outputs = [processed / "M.parquet", processed / "rejected.parquet"]
-    before = _files(*outputs)
+    before = file_hashes(*outputs)
     report = cfg.report_path("prep").read_bytes()
     delay = random.Random(11).uniform(0.0, 1.5)
     writing_since: list[float] = []
@@ -86,12 +77,12 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
         return bool(writing_since) and time.monotonic() - writing_since[0] >= delay
 
     _kill_stage_when(cfg.root, "prep", writing_for_a_while, timeout_s=300)
-    assert _files(*outputs) == before and cfg.report_path("prep").read_bytes() == report
+    assert file_hashes(*outputs) == before and cfg.report_path("prep").read_bytes() == report
     assert stage_states(cfg)["prep"] == "ok" and stage_states(cfg)["split"] == "ok"
 
     run_stages(cfg, ["prep"], run_id="after-kill")
     assert _debris(processed) == []
-    assert _files(*outputs) == before, "a rerun on the same input writes the same bytes"
+    assert file_hashes(*outputs) == before, "a rerun on the same input writes the same bytes"
 
 
 def test_train_sup_killed_mid_training_leaves_the_old_models_whole_and_the_rerun_cleans_up(
@@ -104,12 +95,13 @@ def test_train_sup_killed_mid_training_leaves_the_old_models_whole_and_the_rerun
     cfg = _copy_project(trained_project, tmp_path / "project",
                         {**SMALL_TRAINING, "mlflow": mlflow})
     # The quickest model first: the kill comes once it is saved, while the forest trains.
-    params = yaml.safe_load((cfg.root / "params.yaml").read_text())
-    params["train"]["models"] = {"logistic": {"maxIter": 10}, "random_forest": {"numTrees": 20}}
-    (cfg.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    cfg = load_config(cfg.root / "params.yaml")
+    params = replace_models(
+        cfg.root / "params.yaml",
+        {"logistic": {"maxIter": 10}, "random_forest": {"numTrees": 20}},
+    )
+    cfg = load_config(params)
     models = cfg.path(cfg.train.models_dir)
-    before = _files(models)
+    before = file_hashes(models)
     report = cfg.report_path("train_sup").read_bytes()
     delay = random.Random(12).uniform(0.0, 2.0)
     saved_since: list[float] = []
@@ -121,7 +113,7 @@ def test_train_sup_killed_mid_training_leaves_the_old_models_whole_and_the_rerun
 
     _kill_stage_when(cfg.root, "train_sup", first_model_saved_a_while_ago, timeout_s=400)
     assert _debris(models.parent), "the kill came after the rename: nothing was tested"
-    assert _files(models) == before and cfg.report_path("train_sup").read_bytes() == report
+    assert file_hashes(models) == before and cfg.report_path("train_sup").read_bytes() == report
     assert stage_states(cfg)["train_sup"] == "ok"
 
     with pytest.MonkeyPatch.context() as patch:
