@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +52,22 @@ def write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def replace_models(params_path: Path, models: dict[str, dict[str, Any]]) -> Path:
+    """Rewrite a project's params with `train.models` replaced, not merged: only these train."""
+    params = yaml.safe_load(params_path.read_text())
+    params["train"]["models"] = models
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params_path
+
+
+def file_hashes(*folders: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folders`, keyed by folder position and relative path."""
+    return {
+        f"{i}/{p.relative_to(folder)}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for i, folder in enumerate(folders) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="session")
