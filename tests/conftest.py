@@ -62,11 +62,11 @@ def replace_models(params_path: Path, models: dict[str, dict[str, Any]]) -> Path
     return params_path
 
 
-def file_hashes(*folders: Path) -> dict[str, str]:
-    """SHA-256 of every file under `folders`, keyed by folder position and relative path."""
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder`, keyed by its path relative to `folder`."""
     return {
-        f"{i}/{p.relative_to(folder)}": hashlib.sha256(p.read_bytes()).hexdigest()
-        for i, folder in enumerate(folders) for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
     }
 
 

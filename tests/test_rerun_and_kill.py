@@ -66,7 +66,11 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
     cfg = _copy_project(split_project, tmp_path / "project", {})
     processed = cfg.path("data/processed")
     outputs = [processed / "M.parquet", processed / "rejected.parquet"]
-    before = file_hashes(*outputs)
+
+    def hashes() -> list[dict[str, str]]:
+        return [file_hashes(f) for f in outputs]
+
+    before = hashes()
     report = cfg.report_path("prep").read_bytes()
     delay = random.Random(11).uniform(0.0, 1.5)
     writing_since: list[float] = []
@@ -77,12 +81,12 @@ def test_prep_killed_while_writing_keeps_the_old_data_and_the_rerun_cleans_up(
         return bool(writing_since) and time.monotonic() - writing_since[0] >= delay
 
     _kill_stage_when(cfg.root, "prep", writing_for_a_while, timeout_s=300)
-    assert file_hashes(*outputs) == before and cfg.report_path("prep").read_bytes() == report
+    assert hashes() == before and cfg.report_path("prep").read_bytes() == report
     assert stage_states(cfg)["prep"] == "ok" and stage_states(cfg)["split"] == "ok"
 
     run_stages(cfg, ["prep"], run_id="after-kill")
     assert _debris(processed) == []
-    assert file_hashes(*outputs) == before, "a rerun on the same input writes the same bytes"
+    assert hashes() == before, "a rerun on the same input writes the same bytes"
 
 
 def test_train_sup_killed_mid_training_leaves_the_old_models_whole_and_the_rerun_cleans_up(
