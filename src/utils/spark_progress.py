@@ -31,8 +31,10 @@ def _last_job(tracker: Any) -> int:
 
 def _jobs_done_since(tracker: Any, first_job: int) -> int:
     # Job ids count up from 0 in a session; the tracker retains only recent jobs, the ids suffice.
-    started = _last_job(tracker) + 1 - first_job
-    return max(0, started - sum(1 for j in tracker.getActiveJobsIds() if j >= first_job))
+    # Active jobs are counted only among those listed, which another job group's are not.
+    last = _last_job(tracker)
+    running = sum(1 for j in tracker.getActiveJobsIds() if first_job <= j <= last)
+    return max(0, last + 1 - first_job - running)
 
 
 @contextmanager
@@ -48,10 +50,13 @@ def spark_progress(spark: Any, event: str, interval_s: float, **fields: Any) -> 
     stop = threading.Event()
 
     def report() -> None:
+        done = 0
         while not stop.wait(interval_s):
             stages = _active_stages(tracker)
+            # Never backwards: a job can show as active a moment before it is listed.
+            done = max(done, _jobs_done_since(tracker, first_job))
             log.info(event, **fields, elapsed_s=round(time.perf_counter() - started, 1),
-                     jobs_done=_jobs_done_since(tracker, first_job), stages=stages,
+                     jobs_done=done, stages=stages,
                      tasks_done=sum(s["done"] for s in stages),
                      tasks=sum(s["tasks"] for s in stages))
 
