@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import mlflow.spark
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
 from src.agents.base import Agent, Skill
 from src.contracts import (
@@ -59,11 +59,10 @@ class SegmenterAgent(Agent):
         """An artifact named by its `final` path, hashed where it is `staged` until the rename."""
         return Artifact(path=str(final.relative_to(self.cfg.root)), sha256=content_hash(staged))
 
-    def _read_train(self, request: TrainUnsupRequest) -> DataFrame:
+    def _read_train(self, spark: SparkSession, request: TrainUnsupRequest) -> DataFrame:
         path = self.cfg.path(request.train.path)
         if not path.exists():
             raise DataError(f"{request.train.path}: training split not found; rerun 'split'")
-        spark = get_spark(self.cfg.spark)
         loans = spark.read.parquet(str(path))
         missing = [c for c in [LABEL_COLUMN, *self.cfg.segment.features] if c not in loans.columns]
         if missing:
@@ -75,7 +74,7 @@ class SegmenterAgent(Agent):
         seg = self.cfg.segment
         experiment_id = configure_mlflow(self.cfg)
         spark = get_spark(self.cfg.spark)
-        train = self._read_train(request).persist(StorageLevel.MEMORY_AND_DISK)
+        train = self._read_train(spark, request).persist(StorageLevel.MEMORY_AND_DISK)
         scaled: DataFrame | None = None
         try:
             rows = train.count()
