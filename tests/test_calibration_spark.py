@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pyspark.ml.regression import IsotonicRegression
 from pyspark.sql import functions as F
 
 from src.core.calibration import Calibration
@@ -13,6 +14,7 @@ from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.training.calibration import (
     RAW_PROBABILITY_COLUMN,
     calibrated,
+    centered_table,
     fit_calibration,
 )
 
@@ -77,6 +79,43 @@ def test_fitted_table_applies_alike_and_maps_to_default_rates(spark: Any) -> Non
         se = np.sqrt(rate * (1 - rate) / band.sum())
         assert abs(table.apply(raw[band]).mean() - rate) <= 4 * se + 1e-9
         assert abs(rate - raw[band].mean()) > 4 * se  # the raw score was off in that band
+
+
+def _max_slope(boundaries: list[float], predictions: list[float]) -> float:
+    b, p = np.asarray(boundaries), np.asarray(predictions)
+    rising = np.diff(p) > 0
+    return float(np.max(np.diff(p)[rising] / np.diff(b)[rising]))
+
+
+def test_centered_table_joins_block_midpoints() -> None:
+    # Blocks [0.1, 0.2] at 0.0, [0.2000001, 0.5] at 0.3 and the single score 0.6 at 0.9.
+    boundaries = [0.1, 0.2, 0.2000001, 0.5, 0.6]
+    predictions = [0.0, 0.0, 0.3, 0.3, 0.9]
+    assert centered_table(boundaries, predictions) == (
+        [(0.1 + 0.2) / 2, (0.2000001 + 0.5) / 2, 0.6], [0.0, 0.3, 0.9]
+    )
+    assert centered_table([0.4], [0.2]) == ([0.4], [0.2])
+
+
+def test_fitted_table_has_no_near_vertical_steps(spark: Any) -> None:
+    """A last-bit change of the raw score (float32 trees, ONNX against Spark) stays invisible."""
+    rng = np.random.default_rng(5)
+    n = 20000
+    raw = rng.uniform(0, 1, n)
+    labels = (rng.uniform(0, 1, n) < raw**2).astype(int)
+    scored = spark.createDataFrame(
+        [(f"k{i}", int(y), float(r)) for i, (y, r) in enumerate(zip(labels, raw, strict=True))],
+        [KEY_COLUMN, LABEL_COLUMN, RAW_PROBABILITY_COLUMN],
+    )
+    table = fit_calibration(scored)
+    # Spark's own table steps between adjacent scores, on average 1/n apart.
+    model = IsotonicRegression(featuresCol=RAW_PROBABILITY_COLUMN, labelCol=LABEL_COLUMN).fit(
+        scored.select(RAW_PROBABILITY_COLUMN, F.col(LABEL_COLUMN).cast("double"))
+    )
+    steep = _max_slope(model.boundaries.toArray().tolist(), model.predictions.toArray().tolist())
+    slope = _max_slope(table.boundaries, table.predictions)
+    assert steep > 1000, steep
+    assert slope < 100, slope
 
 
 def test_nan_and_null_pass_through(spark: Any) -> None:

@@ -1,9 +1,9 @@
 """The probability calibrator: a monotone piecewise-linear map from a model's raw P(default).
 
-Balanced training inflates P(default); an isotonic fit on the validation slice maps it back to
-observed default rates. The same table is applied in Spark (batch) and in numpy (serving): Spark's
-IsotonicRegressionModel predicts by linear interpolation between its boundaries and holds the end
-values outside them, which is exactly `numpy.interp`.
+Balanced training inflates P(default); a centered isotonic fit on the validation slice maps it back
+to observed default rates. The same table is applied in Spark (batch) and in numpy (serving): linear
+interpolation between its boundaries and the end values held outside them, which is exactly
+`numpy.interp`.
 """
 
 from __future__ import annotations

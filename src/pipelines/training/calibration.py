@@ -1,5 +1,5 @@
-"""The isotonic calibrator in Spark: fitted on a model's validation predictions, and applied to a
-probability column exactly as `Calibration.apply` (numpy.interp) applies it in serving.
+"""The centered isotonic calibrator in Spark: fitted on a model's validation predictions, and
+applied to a probability column exactly as `Calibration.apply` (numpy.interp) applies it in serving.
 """
 
 from __future__ import annotations
@@ -16,8 +16,30 @@ PROBABILITY_COLUMN = "probability"
 RAW_PROBABILITY_COLUMN = "raw_probability"
 
 
+def centered_table(
+    boundaries: list[float], predictions: list[float]
+) -> tuple[list[float], list[float]]:
+    """Isotonic blocks as one point each, at the midpoint of the block's raw scores.
+
+    Spark's table holds each block's first and last raw score, so neighbouring blocks meet across
+    the gap between two adjacent validation scores: on 465k rows a step of 0.008 over 3e-8, a
+    slope of 1e5 to 1e6 that turns a last-bit difference in a model's output (float32 trees, ONNX
+    against Spark) into a visible one. Joining block midpoints (centered isotonic regression, Oron
+    & Flournoy 2017) keeps the map monotone and the block levels, with slopes of order one.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    start = 0
+    for i in range(1, len(boundaries) + 1):
+        if i == len(boundaries) or predictions[i] != predictions[start]:
+            xs.append((boundaries[start] + boundaries[i - 1]) / 2)
+            ys.append(predictions[start])
+            start = i
+    return xs, ys
+
+
 def fit_calibration(scored: DataFrame, fitted_on: str = "validation") -> Calibration:
-    """Isotonic (increasing) map from `raw_probability` to the observed default rate of `scored`."""
+    """Centered isotonic (increasing) map from `raw_probability` to the default rate of `scored`."""
     data = scored.select(
         F.col(RAW_PROBABILITY_COLUMN).cast("double").alias(RAW_PROBABILITY_COLUMN),
         F.col(LABEL_COLUMN).cast("double").alias(LABEL_COLUMN),
@@ -28,9 +50,12 @@ def fit_calibration(scored: DataFrame, fitted_on: str = "validation") -> Calibra
     model = IsotonicRegression(
         isotonic=True, featuresCol=RAW_PROBABILITY_COLUMN, labelCol=LABEL_COLUMN
     ).fit(data)
+    boundaries, predictions = centered_table(
+        model.boundaries.toArray().tolist(), model.predictions.toArray().tolist()
+    )
     return Calibration(
-        boundaries=model.boundaries.toArray().tolist(),
-        predictions=model.predictions.toArray().tolist(),
+        boundaries=boundaries,
+        predictions=predictions,
         fitted_on=fitted_on,
         rows=rows,
     )
