@@ -167,8 +167,8 @@ class TrainedModel(Message):
         "validation slice of the training split"
     )
     calibration: Artifact = Field(
-        description="calibration.json beside the model: isotonic map of its raw P(default), "
-        "fitted on the validation slice"
+        description="calibration.json beside the model: centered isotonic map of its raw "
+        "P(default), fitted on the validation slice"
     )
     params: dict[str, float | int | str | list[int]]
     validation: ModelMetrics = Field(description="on calibrated probabilities")

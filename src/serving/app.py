@@ -92,10 +92,11 @@ after the loan is issued (payments, recoveries, `last_*`, …): they would leak 
 Impossible values (negative income, FICO outside 300–850, an unknown grade, …) are a 422.
 
 **Output.** `probability_of_default`, calibrated: the classifier's output mapped through the
-model's calibration table (isotonic, fitted on held-out training loans), so that among loans given
-0.2 about one in five defaults; `score`, scorecard points of that probability (see below);
-`decision` — `decline` when the probability is at or above the model's registered threshold, else
-`approve`; `risk_segment`, the risk band of the applicant's segment; the model name and version.
+model's calibration table (centered isotonic, fitted on held-out training loans), so that among
+loans given 0.2 about one in five defaults; `score`, scorecard points of that probability (see
+below); `decision` — `decline` when the probability is at or above the model's registered
+threshold, else `approve`; `risk_segment`, the risk band of the applicant's segment; the model
+name and version.
 
 **Score.** points = base_points + PDO / ln 2 · ln(odds / base_odds), where odds = (1 − p) / p are
 the good:bad odds: {base_points:g} points at {base_odds:g}:1 odds, and every {pdo:g} points (PDO)
