@@ -57,16 +57,24 @@ def test_spark_equals_numpy_interp(spark: Any, seed: int, size: int) -> None:
     _assert_agree(spark, table, x)
 
 
-def test_fitted_table_applies_alike_and_maps_to_default_rates(spark: Any) -> None:
-    rng = np.random.default_rng(11)
-    n = 4000
+def _inflated_scores(
+    spark: Any, rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """n raw scores, their labels and both as a scored frame; the true default rate is raw²."""
     raw = rng.uniform(0, 1, n)
-    # The true default rate is raw² (a balanced model's inflated score): isotonic must undo it.
+    # raw² is a balanced model's inflated score: the calibrator must undo it.
     labels = (rng.uniform(0, 1, n) < raw**2).astype(int)
     scored = spark.createDataFrame(
         [(f"k{i}", int(y), float(r)) for i, (y, r) in enumerate(zip(labels, raw, strict=True))],
         [KEY_COLUMN, LABEL_COLUMN, RAW_PROBABILITY_COLUMN],
     )
+    return raw, labels, scored
+
+
+def test_fitted_table_applies_alike_and_maps_to_default_rates(spark: Any) -> None:
+    rng = np.random.default_rng(11)
+    n = 4000
+    raw, labels, scored = _inflated_scores(spark, rng, n)
     table = fit_calibration(scored)
     assert table.fitted_on == "validation" and table.rows == n
     assert len(table.boundaries) > 2
@@ -101,12 +109,7 @@ def test_fitted_table_has_no_near_vertical_steps(spark: Any) -> None:
     """A last-bit change of the raw score (float32 trees, ONNX against Spark) stays invisible."""
     rng = np.random.default_rng(5)
     n = 20000
-    raw = rng.uniform(0, 1, n)
-    labels = (rng.uniform(0, 1, n) < raw**2).astype(int)
-    scored = spark.createDataFrame(
-        [(f"k{i}", int(y), float(r)) for i, (y, r) in enumerate(zip(labels, raw, strict=True))],
-        [KEY_COLUMN, LABEL_COLUMN, RAW_PROBABILITY_COLUMN],
-    )
+    *_, scored = _inflated_scores(spark, rng, n)
     table = fit_calibration(scored)
     # Spark's own table steps between adjacent scores, on average 1/n apart.
     model = IsotonicRegression(featuresCol=RAW_PROBABILITY_COLUMN, labelCol=LABEL_COLUMN).fit(
