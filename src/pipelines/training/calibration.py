@@ -25,7 +25,8 @@ def centered_table(
     the gap between two adjacent validation scores: on 465k rows a step of 0.008 over 3e-8, a
     slope of 1e5 to 1e6 that turns a last-bit difference in a model's output (float32 trees, ONNX
     against Spark) into a visible one. Joining block midpoints (centered isotonic regression, Oron
-    & Flournoy 2017) keeps the map monotone and the block levels, with slopes of order one.
+    & Flournoy 2017) keeps the map monotone and the block levels; on those rows the steepest
+    slope fell to 41.
     """
     xs: list[float] = []
     ys: list[float] = []
