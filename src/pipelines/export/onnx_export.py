@@ -4,7 +4,8 @@ Only the classifier stage is converted: its input is the plain numeric `features
 VectorAssembler builds from spec.features; the spec itself runs in numpy (`transform_records`)
 at serving time. Every graph takes `features` as float64, as Spark does: tree ensembles and
 logistic regression and the MLP are our own float64 graphs (trees.py, linear.py, mlp.py);
-XGBoost is onnxmltools' graph behind a cast to float32 (XGBoost's own precision).
+XGBoost is onnxmltools' parse of the booster, re-emitted to add its float32 leaves in XGBoost's
+order (xgboost_export.py).
 """
 
 from __future__ import annotations
