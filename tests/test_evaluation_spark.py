@@ -143,3 +143,26 @@ def test_a_slice_within_the_bound_is_its_own_sample(spark: Any) -> None:
     assert (e.test.auc_pr_ci.low, e.test.auc_pr_ci.high) == boot.auc_pr
     assert e.test.sample_rows == e.test.rows == 1500
     assert e.threshold.value == scan_thresholds(y, p, EVALUATE.threshold).best[0]
+
+
+def test_ranking_running_sums_are_parallel_and_exact(spark: Any) -> None:
+    """The running sums behind AUC, AP and KS: per score bucket plus the buckets above, equal to
+    a plain cumulative sum in score order, and with no single-partition step in the plan."""
+    from src.pipelines.evaluation.point_metrics import cumulative_counts
+
+    rng = np.random.default_rng(9)
+    # Scores in few buckets and many, with ties, and the ends 0 and 1.
+    scores = np.concatenate([rng.uniform(size=3000), np.round(rng.uniform(size=2000), 3), [0, 1]])
+    groups = pd.DataFrame({"rank_score": scores, "pos": rng.integers(0, 3, scores.size),
+                           "neg": rng.integers(0, 5, scores.size)}).groupby(
+        "rank_score", as_index=False).sum()
+    frame = spark.createDataFrame(groups).repartition(3)
+    cumulative = cumulative_counts(frame)
+    plan = cumulative._jdf.queryExecution().executedPlan().toString()
+    assert "SinglePartition" not in plan, plan
+    got = cumulative.select("rank_score", "tp", "fp").toPandas().sort_values(
+        "rank_score", ascending=False)
+    expected = groups.sort_values("rank_score", ascending=False)
+    assert got["rank_score"].tolist() == expected["rank_score"].tolist()
+    assert got["tp"].tolist() == expected["pos"].cumsum().tolist()
+    assert got["fp"].tolist() == expected["neg"].cumsum().tolist()

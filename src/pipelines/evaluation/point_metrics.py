@@ -25,6 +25,9 @@ P = "p"
 RANK = "rank_score"
 _EXACT = "decimal(38,18)"
 _INVALID_BIN = -1
+# Score buckets of the ranking's running sums: the parallelism of that step.
+_BUCKETS = 1024
+_BUCKET = "_score_bucket"
 
 
 @dataclass(frozen=True)
@@ -74,24 +77,57 @@ def _bin_rows(scored: DataFrame, bins: int, threshold: float | None) -> list:
     return binned.groupBy("bin").agg(*aggregates).orderBy("bin").collect()
 
 
+def _score_bucket() -> Column:
+    # Equal-width buckets of the score in [0, 1] (checked before): a higher bucket's loans all
+    # score above a lower one's, so each bucket's running sums start from its elders' totals.
+    return F.least(F.floor(F.col(RANK) * F.lit(float(_BUCKETS))), F.lit(_BUCKETS - 1)).cast("int")
+
+
+def cumulative_counts(groups: DataFrame) -> DataFrame:
+    """Each score group (RANK, pos, neg) with tp and fp: the positives and negatives scored at or
+    above it. Running sums per score bucket, in parallel, plus the buckets above: no single task
+    sorts every distinct score. `groups` is read twice; the caller persists it."""
+    bucketed = groups.withColumn(_BUCKET, _score_bucket())
+    totals = bucketed.groupBy(_BUCKET).agg(F.sum("pos").alias("pos"), F.sum("neg").alias("neg"))
+    offsets, tp_above, fp_above = [], 0, 0
+    for row in totals.orderBy(F.col(_BUCKET).desc()).collect():  # at most _BUCKETS rows
+        offsets.append((int(row[_BUCKET]), tp_above, fp_above))
+        tp_above += int(row["pos"])
+        fp_above += int(row["neg"])
+    above = groups.sparkSession.createDataFrame(
+        offsets, f"{_BUCKET} int, tp_above long, fp_above long"
+    )
+    within = (
+        Window.partitionBy(_BUCKET)
+        .orderBy(F.col(RANK).desc())
+        .rowsBetween(Window.unboundedPreceding, 0)
+    )
+    return (
+        bucketed.join(F.broadcast(above), _BUCKET)
+        .withColumn("tp", F.col("tp_above") + F.sum("pos").over(within))
+        .withColumn("fp", F.col("fp_above") + F.sum("neg").over(within))
+    )
+
+
 def _ranking(scored: DataFrame, positives: int, negatives: int) -> tuple[float, float, float]:
     """AUC-ROC (Mann–Whitney, ties half), average precision and KS over tie groups of the score."""
     groups = scored.groupBy(RANK).agg(
         _count_where(F.col(Y) == 1.0).cast("long").alias("pos"),
         _count_where(F.col(Y) == 0.0).cast("long").alias("neg"),
     )
-    # Declined at a group's score: every loan scored at or above it (highest score first).
-    above = Window.orderBy(F.col(RANK).desc()).rowsBetween(Window.unboundedPreceding, 0)
-    cumulative = groups.withColumn("tp", F.sum("pos").over(above)).withColumn(
-        "fp", F.sum("neg").over(above)
-    )
-    pos, neg, tp, fp = (F.col(c) for c in ("pos", "neg", "tp", "fp"))
-    row = cumulative.agg(
-        # Σ pos·(2·fp − neg) counts twice the pairs a positive loses or ties: an exact integer.
-        F.sum(pos * (2 * fp - neg)).alias("lost_twice"),
-        _exact_sum(pos * (tp / (tp + fp))).alias("precision_sum"),
-        F.max(tp / F.lit(float(positives)) - fp / F.lit(float(negatives))).alias("ks"),
-    ).first()
+    # Two reads of the groups (bucket totals, running sums): one pass over the scored slice.
+    groups = groups.persist()
+    try:
+        cumulative = cumulative_counts(groups)
+        pos, neg, tp, fp = (F.col(c) for c in ("pos", "neg", "tp", "fp"))
+        row = cumulative.agg(
+            # Σ pos·(2·fp − neg) counts twice the pairs a positive loses or ties: an exact integer.
+            F.sum(pos * (2 * fp - neg)).alias("lost_twice"),
+            _exact_sum(pos * (tp / (tp + fp))).alias("precision_sum"),
+            F.max(tp / F.lit(float(positives)) - fp / F.lit(float(negatives))).alias("ks"),
+        ).first()
+    finally:
+        groups.unpersist()
     pairs_twice = 2 * positives * negatives
     auc = (pairs_twice - int(row["lost_twice"])) / pairs_twice
     average_precision = float(Decimal(row["precision_sum"]) / positives)
