@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from src.contracts import SplitResult, TrainUnsupResult
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.core.segment_params import MODEL_NAMES, assign_segment
 from src.pipelines.segmentation.bands import GapRule, RiskGroup, choose_k
 from src.pipelines.segmentation.clustering import (
@@ -20,6 +21,7 @@ from src.pipelines.segmentation.clustering import (
     fit_gmm,
     fit_kmeans,
     fit_preprocessing,
+    fit_sample,
     full_pipeline,
     gmm_free_parameters,
 )
@@ -182,20 +184,43 @@ def test_mlflow_runs_hold_params_metrics_artifacts_and_a_loadable_model(
             os.environ[TRACKING_URI_ENV] = saved
 
 
+def test_candidates_fit_on_the_sample_and_profiles_cover_every_loan(trained: Any) -> None:
+    """segment.fit_rows caps the loans the candidates are fitted on (one per class may round
+    either way); the bands' profiles still count every training loan."""
+    import mlflow
+
+    cfg, split, result = trained
+    assert cfg.segment.fit_rows < split.train.rows
+    saved = os.environ.pop(TRACKING_URI_ENV, None)
+    try:
+        configure_mlflow(cfg)
+        client = mlflow.MlflowClient()
+        for model in result.models.values():
+            params = client.get_run(model.run_id).data.params
+            assert int(params["train_rows"]) == split.train.rows
+            assert abs(int(params["fit_rows"]) - cfg.segment.fit_rows) <= 2
+            assert sum(s.size for s in model.segments) == split.train.rows
+    finally:
+        if saved is not None:
+            os.environ[TRACKING_URI_ENV] = saved
+
+
 def test_same_seed_gives_the_same_assignments(trained: Any, spark: Any) -> None:
     cfg, split, result = trained
     seg = cfg.segment
     train = spark.read.parquet(str(cfg.path(split.train.path)))
     test = spark.read.parquet(str(cfg.path(split.test.path)))
     preprocessing = fit_preprocessing(train, seg.features)
-    scaled = preprocessing.model.transform(train).select(FEATURES_VECTOR).cache()
+    scaled = preprocessing.model.transform(train).select(KEY_COLUMN, LABEL_COLUMN, FEATURES_VECTOR)
+    # The stage's seeded sample, in the stage's partitioning (k-means|| draws per partition).
+    fitting = fit_sample(scaled, seg.fit_rows, split.train.rows, cfg.seed).cache()
     fits = {"kmeans": fit_kmeans, "gmm": fit_gmm}
     for name, fit in fits.items():
-        model = fit(scaled, result.models[name].k, cfg.seed, seg.max_iter)
+        model = fit(fitting, result.models[name].k, cfg.seed, seg.max_iter)
         again = full_pipeline(preprocessing, model).transform(test).select(PREDICTION).toPandas()
         saved = _features_and_predictions(cfg, spark, name, split.test.path)
         assert again[PREDICTION].tolist() == saved[PREDICTION].tolist()
-    scaled.unpersist()
+    fitting.unpersist()
 
 
 def test_band_names_spread_evenly_with_the_ends_pinned() -> None:

@@ -24,12 +24,14 @@ from src.pipelines.segmentation.bands import GapRule
 from src.pipelines.segmentation.clustering import (
     FEATURES_VECTOR,
     Candidates,
+    Fitted,
     Preprocessing,
     Segmentation,
     band_stats,
     choose_segmentation,
     export_params,
     fit_preprocessing,
+    fit_sample,
     full_pipeline,
     gmm_candidates,
     kmeans_candidates,
@@ -76,6 +78,7 @@ class SegmenterAgent(Agent):
         spark = get_spark(self.cfg.spark)
         train = self._read_train(spark, request).persist(StorageLevel.MEMORY_AND_DISK)
         scaled: DataFrame | None = None
+        fitting: DataFrame | None = None
         try:
             rows = train.count()
             if rows < seg.k_range[1]:
@@ -84,10 +87,14 @@ class SegmenterAgent(Agent):
                 )
             preprocessing = fit_preprocessing(train, seg.features)
             scaled = preprocessing.model.transform(train).select(
-                LABEL_COLUMN, *seg.features, FEATURES_VECTOR
+                KEY_COLUMN, LABEL_COLUMN, *seg.features, FEATURES_VECTOR
             ).persist(StorageLevel.MEMORY_AND_DISK)
-            log.info("train_unsup.preprocessed", rows=rows, features=seg.features,
-                     impute=preprocessing.medians)
+            fitting = fit_sample(scaled, seg.fit_rows, rows, self.cfg.seed).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            data = Fitted(scaled, fitting, rows, fitting.count())
+            log.info("train_unsup.preprocessed", rows=rows, fit_rows=data.fit_rows,
+                     features=seg.features, impute=preprocessing.medians)
             # Both models go into one temporary sibling of models_dir, renamed into place once
             # both are saved: a killed run leaves the previous folder whole.
             with atomic_path(self.cfg.path(seg.models_dir)) as staging:
@@ -98,9 +105,11 @@ class SegmenterAgent(Agent):
                                         self.cfg.spark.progress_interval_s,
                                         model=name, i=i, n=len(MODEL_NAMES)):
                         models[name] = self._train_one(
-                            name, request, scaled, preprocessing, rows, experiment_id, staging
+                            name, request, data, preprocessing, experiment_id, staging
                         )
         finally:
+            if fitting is not None:
+                fitting.unpersist()
             if scaled is not None:
                 scaled.unpersist()
             train.unpersist()
@@ -117,35 +126,34 @@ class SegmenterAgent(Agent):
             serving_model=seg.serving_model, models=models, profile_plot=str(seg.profile_plot)
         )
 
-    def _select(self, name: ModelName, scaled: DataFrame, rows: int) -> Segmentation:
+    def _select(self, name: ModelName, data: Fitted) -> Segmentation:
         seg = self.cfg.segment
         ks = list(range(seg.k_range[0], seg.k_range[1] + 1))
         candidates: Candidates = (
-            kmeans_candidates(scaled, ks, self.cfg.seed, seg.max_iter)
+            kmeans_candidates(data.fitting, ks, self.cfg.seed, seg.max_iter)
             if name == "kmeans"
-            else gmm_candidates(scaled, ks, self.cfg.seed, seg.max_iter, rows)
+            else gmm_candidates(data.fitting, ks, self.cfg.seed, seg.max_iter, data.fit_rows)
         )
         test_fraction = self.cfg.split.test_fraction
         rule = GapRule(seg.min_band_gap, seg.band_gap_z, test_fraction / (1.0 - test_fraction))
-        return choose_segmentation(candidates, scaled, LABEL_COLUMN, rule, seg.risk_bands)
+        return choose_segmentation(candidates, data.scaled, LABEL_COLUMN, rule, seg.risk_bands)
 
     def _train_one(
         self,
         name: ModelName,
         request: TrainUnsupRequest,
-        scaled: DataFrame,
+        data: Fitted,
         preprocessing: Preprocessing,
-        rows: int,
         experiment_id: str,
         staging: Path,
     ) -> SegmentationModel:
         seg = self.cfg.segment
         started = time.perf_counter()
-        selection = self._select(name, scaled, rows)
+        selection = self._select(name, data)
         bands = selection.bands
         profiles = [
             SegmentProfile(**s.model_dump())
-            for s in band_stats(selection.model.transform(scaled), bands, seg.features,
+            for s in band_stats(selection.model.transform(data.scaled), bands, seg.features,
                                 LABEL_COLUMN)
         ]
         params = export_params(name, seg.features, preprocessing, selection.model, bands)
@@ -159,10 +167,10 @@ class SegmenterAgent(Agent):
 
         run_id, model_uri = log_segmentation_run(
             self.cfg, name, request, selection, profiles, pipeline, model_dir / PARAMS_FILE,
-            rows, experiment_id,
+            data.rows, data.fit_rows, experiment_id,
         )
         final = self.cfg.path(seg.models_dir) / name
-        log.info("train_unsup.model", model=name, k=selection.k,
+        log.info("train_unsup.model", model=name, k=selection.k, fit_rows=data.fit_rows,
                  metric=selection.candidates.metric,
                  scores={k: round(v, 4) for k, v in selection.candidates.scores.items()},
                  bands_per_k=selection.bands_per_k,

@@ -201,6 +201,7 @@ class SegmentConfig(Section):
     features: list[str]
     k_range: tuple[int, int]
     max_iter: int = Field(gt=0)
+    fit_rows: int = Field(default=500_000, gt=0)
     risk_bands: list[str] = Field(min_length=2)
     min_band_gap: float = Field(ge=0, lt=1)
     band_gap_z: float = Field(ge=0)

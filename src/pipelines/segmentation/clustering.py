@@ -29,6 +29,7 @@ from src.core.segment_params import (
     ModelName,
     SegmentParams,
 )
+from src.pipelines.preparation.splitting import split_stratified
 from src.pipelines.segmentation.bands import (
     ClusterRisk,
     GapRule,
@@ -98,6 +99,30 @@ def fit_preprocessing(train: DataFrame, features: Sequence[str]) -> Preprocessin
         ]
     )
     return Preprocessing(pipeline.fit(train), medians)
+
+
+# Salted so the fitting sample is not the test split's or the validation slice's hash order.
+FIT_SAMPLE_SALT = ":segment-fit"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The scaled training loans: all of them (cluster risks, bands, profiles) and the sample the
+    candidates are fitted on (the same frame when the split is small)."""
+
+    scaled: DataFrame
+    fitting: DataFrame
+    rows: int
+    fit_rows: int
+
+
+def fit_sample(scaled: DataFrame, fit_rows: int, rows: int, seed: int) -> DataFrame:
+    """The loans the candidates are fitted on: all `rows` of `scaled`, or, when there are more
+    than `fit_rows`, the fraction fit_rows / rows of each label class by split's seeded draw."""
+    if rows <= fit_rows:
+        return scaled
+    _, sample = split_stratified(scaled, fit_rows / rows, seed, FIT_SAMPLE_SALT)
+    return sample
 
 
 # --- clustering and the choice of k --------------------------------------------------------------

@@ -45,6 +45,7 @@ def log_segmentation_run(
     pipeline: Any,
     params_file: Path,
     rows: int,
+    fit_rows: int,
     experiment_id: str,
 ) -> tuple[str, str]:
     """Log one segmentation's run; return its run id and the logged model's URI."""
@@ -71,6 +72,7 @@ def log_segmentation_run(
             "min_band_gap": seg.min_band_gap,
             "band_gap_z": seg.band_gap_z,
             "train_rows": rows,
+            "fit_rows": fit_rows,
         })
         mlflow.log_metric("chosen_k", selection.k)
         chosen = selection.candidates
