@@ -33,6 +33,9 @@ def test_unknown_column_and_bad_value_are_named(tmp_path) -> None:
     path = write_params(tmp_path, {"split": {"test_fraction": 1.5}})
     with pytest.raises(ConfigError, match=r"split\.test_fraction"):
         load_config(path)
+    path = write_params(tmp_path, {"segment": {"k_range": [3, 6], "fit_rows": 5}})
+    with pytest.raises(ConfigError, match=r"segment\.fit_rows: 5 loans cannot make 6 clusters"):
+        load_config(path)
 
 
 def test_derived_feature_needs_its_inputs(tmp_path) -> None:

@@ -213,6 +213,8 @@ class SegmentConfig(Section):
         low, high = self.k_range
         if not 2 <= low <= high:
             raise ValueError("segment.k_range: need 2 <= low <= high")
+        if self.fit_rows < high:
+            raise ValueError(f"segment.fit_rows: {self.fit_rows} loans cannot make {high} clusters")
         if len(set(self.risk_bands)) < len(self.risk_bands):
             raise ValueError("segment.risk_bands: names must be distinct")
         return self
