@@ -1,7 +1,8 @@
 """Wall time and peak memory of each pipeline stage on the full real sample (`make bench`).
 
-Each stage runs as its own supervisor process, as under DVC; memory is the peak resident size of the
-whole process tree (Python driver + Spark JVM), sampled every 100 ms.
+Each stage runs as its own supervisor process, as under DVC; memory is the peak proportional set
+size (PSS) of the whole process tree (Python driver + Spark JVM + Python workers), sampled every
+100 ms.
 """
 
 from __future__ import annotations
@@ -23,19 +24,29 @@ SAMPLE = REPO.parent / "shared" / "data" / "lendingclub_2007_2011.csv.gz"
 SAMPLE_INTERVAL_S = 0.1
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
+def _memory(p: psutil.Process) -> int:
+    # PSS splits a shared page among the processes that map it; summed RSS counts it once per
+    # process, so pyspark's forked Python workers and a forked child of a large process would be
+    # counted again. RSS where the OS gives no PSS.
+    try:
+        return int(p.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(p.memory_info().rss)
+
+
+def tree_memory(proc: psutil.Process) -> int:
+    """Bytes of memory of a process and all its descendants (PSS, see _memory)."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            total += _memory(p)
         except psutil.NoSuchProcess:
             continue
     return total
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, int]:
-    """Run `cmd`; return wall seconds, peak tree RSS in bytes and the exit code."""
+    """Run `cmd`; return wall seconds, peak tree memory in bytes and the exit code."""
     # stderr goes to a file, not a pipe: a long stage logs more than a pipe holds, and a pipe
     # nobody reads until the end would block the stage mid-run.
     with tempfile.TemporaryFile() as stderr:
@@ -45,7 +56,7 @@ def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, int]:
         peak = 0
         while child.poll() is None:
             try:
-                peak = max(peak, tree_rss(proc))
+                peak = max(peak, tree_memory(proc))
             except psutil.NoSuchProcess:
                 break
             time.sleep(SAMPLE_INTERVAL_S)

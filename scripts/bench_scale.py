@@ -2,9 +2,9 @@
 
 For every size, a scratch project generates that many synthetic loans in the raw Kaggle layout (one
 size in the 2007-2020Q3 `"13.49%"` layout) and runs every stage as its own supervisor process, as
-DVC does. Memory is the peak resident size of the stage's whole process tree (Python driver + Spark
-JVM; on a cluster, executors belong to the workers and are not counted). The growth exponent
-between two sizes is log(t2 / t1) / log(n2 / n1): 1.0 is linear.
+DVC does. Memory is the peak PSS of the stage's whole process tree (Python driver, Spark JVM,
+Python workers; on a cluster, executors belong to the workers and are not counted). The growth
+exponent between two sizes is log(t2 / t1) / log(n2 / n1): 1.0 is linear.
 """
 
 from __future__ import annotations
