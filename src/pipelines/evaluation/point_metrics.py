@@ -79,7 +79,7 @@ def _bin_rows(scored: DataFrame, bins: int, threshold: float | None) -> list:
 
 def _score_bucket() -> Column:
     # Equal-width buckets of the score in [0, 1] (checked before): a higher bucket's loans all
-    # score above a lower one's, so each bucket's running sums start from its elders' totals.
+    # score above a lower one's, so each bucket's running sums start from the buckets above it.
     return F.least(F.floor(F.col(RANK) * F.lit(float(_BUCKETS))), F.lit(_BUCKETS - 1)).cast("int")
 
 
