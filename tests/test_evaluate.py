@@ -129,6 +129,22 @@ def test_models_and_references_are_evaluated_and_beat_chance(
     assert result.evaluations[SUB_GRADE_REFERENCE].test.auc_roc > 0.5
 
 
+def test_train_sup_reports_the_figures_evaluate_reports(evaluated: Any, upstream: Any) -> None:
+    # One definition of each metric: the trainer's MLflow figures are evaluate's, on every loan.
+    _, result = evaluated
+    sup = upstream[2]
+    for name in MODELS:
+        trained, judged = sup.models[name], result.evaluations[name]
+        assert judged.validation is not None
+        for mine, theirs in ((trained.validation, judged.validation), (trained.test, judged.test)):
+            assert mine.auc_roc == pytest.approx(theirs.auc_roc, abs=1e-12), name
+            assert mine.auc_pr == pytest.approx(theirs.auc_pr, abs=1e-12), name
+            assert mine.log_loss == pytest.approx(theirs.log_loss, abs=1e-12), name
+        assert trained.calibration_check.test_ece == pytest.approx(
+            judged.test.calibration_error, abs=1e-12
+        ), name
+
+
 def test_every_metric_is_in_range(evaluated: Any, upstream: Any) -> None:
     _, result = evaluated
     _, split, _, _ = upstream

@@ -166,10 +166,27 @@ def _brier(table: list, rows: int) -> float:
     return float(sum(Decimal(r["sum_squared"]) for r in table) / rows)
 
 
-def calibration_figures(scored: DataFrame, bins: int, what: str = "slice") -> tuple[float, float]:
-    """(ECE, Brier) of every row of `scored`, from one binned aggregate: no ranking pass."""
+@dataclass(frozen=True)
+class ProbabilityFigures:
+    """Figures of a slice's probabilities alone: they need no ranking pass."""
+
+    brier: float
+    log_loss: float
+    calibration_error: float
+
+
+def _log_loss(table: list, rows: int) -> float:
+    return float(sum(Decimal(r["sum_log_loss"]) for r in table) / rows)
+
+
+def probability_figures(scored: DataFrame, bins: int, what: str = "slice") -> ProbabilityFigures:
+    """Brier, log loss and ECE of every row of `scored`, from one binned aggregate."""
     table, rows, _ = _checked_table(scored, bins, None, what)
-    return _calibration_error(table, rows), _brier(table, rows)
+    return ProbabilityFigures(
+        brier=_brier(table, rows),
+        log_loss=_log_loss(table, rows),
+        calibration_error=_calibration_error(table, rows),
+    )
 
 
 def point_metrics(
@@ -188,7 +205,7 @@ def point_metrics(
         auc_pr=average_precision,
         ks=ks,
         brier=_brier(table, rows),
-        log_loss=float(sum(Decimal(r["sum_log_loss"]) for r in table) / rows),
+        log_loss=_log_loss(table, rows),
         calibration_error=_calibration_error(table, rows),
         confusion=confusion,
     )

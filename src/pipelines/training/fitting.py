@@ -16,8 +16,16 @@ from src.contracts import CalibrationCheck, ModelMetrics
 from src.core.calibration import CALIBRATION_FILE, Calibration
 from src.core.feature_spec import FeatureSpec
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
-from src.pipelines.evaluation.point_metrics import RANK, P, Y, calibration_figures
-from src.pipelines.evaluation.spark_metrics import binary_metrics, positive_probability
+from src.pipelines.evaluation.point_metrics import (
+    RANK,
+    P,
+    PointMetrics,
+    ProbabilityFigures,
+    Y,
+    point_metrics,
+    probability_figures,
+)
+from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.training.calibration import (
     RAW_PROBABILITY_COLUMN,
     calibrate_predictions,
@@ -68,20 +76,29 @@ class FittedModel:
         self.validation_predictions.unpersist()
 
 
-def probability_quality(validation: DataFrame, test: DataFrame, bins: int) -> CalibrationCheck:
-    """ECE and Brier of raw and calibrated probabilities on both slices, computed in Spark."""
-    values: dict[str, float] = {}
-    for side, frame in (("validation", validation), ("test", test)):
-        for suffix, column in (("", PROBABILITY_COLUMN), ("_raw", RAW_PROBABILITY_COLUMN)):
-            scored = frame.select(
-                F.col(LABEL_COLUMN).cast("double").alias(Y),
-                F.col(column).alias(P),
-                F.col(column).alias(RANK),
-            )
-            ece, brier = calibration_figures(scored, bins, what=f"{side} {column}")
-            values[f"{side}_ece{suffix}"] = ece
-            values[f"{side}_brier{suffix}"] = brier
-    return CalibrationCheck(bins=bins, **values)
+def _slice_figures(
+    scored: DataFrame, bins: int, what: str, rank_by: str
+) -> tuple[PointMetrics, ProbabilityFigures]:
+    """Figures of the calibrated probabilities ranked by `rank_by`, as evaluate measures the
+    slice, and of the raw probabilities alone."""
+    label = F.col(LABEL_COLUMN).cast("double").alias(Y)
+    raw = F.col(RAW_PROBABILITY_COLUMN)
+    calibrated = scored.select(
+        label, F.col(PROBABILITY_COLUMN).alias(P), F.col(rank_by).alias(RANK)
+    )
+    uncalibrated = scored.select(label, raw.alias(P), raw.alias(RANK))
+    return (
+        point_metrics(calibrated, bins, what=f"{what} {PROBABILITY_COLUMN}"),
+        probability_figures(uncalibrated, bins, what=f"{what} {RAW_PROBABILITY_COLUMN}"),
+    )
+
+
+def _metrics(
+    ranking: PointMetrics, probabilities: PointMetrics | ProbabilityFigures
+) -> ModelMetrics:
+    return ModelMetrics(
+        auc_roc=ranking.auc_roc, auc_pr=ranking.auc_pr, log_loss=probabilities.log_loss
+    )
 
 
 def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedModel:
@@ -89,6 +106,7 @@ def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedMo
     train_cfg = cfg.train
     params = train_cfg.models[name]
     grid = train_cfg.grids.get(name) if train_cfg.search else None
+    bins = cfg.evaluate.calibration_bins
     started = time.perf_counter()
     model = fit_pipeline(
         name, data.fit, data.spec, params, cfg.seed, train_cfg.balance,
@@ -96,27 +114,51 @@ def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedMo
     )
     seconds = round(time.perf_counter() - started, 3)
     log.info("train.model_fitted", model=name, seconds=seconds)
-    raw_validation = predictions(model, data.validation).withColumnRenamed(
-        PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    # Each slice is scored once: the calibrator's fit and every figure read the persisted scores.
+    scored_validation = predictions(model, data.validation).persist(StorageLevel.MEMORY_AND_DISK)
+    test = None
     try:
         # The calibrator is fitted on the same slice that evaluate later selects on: accepted
         # here, as isotonic regression is monotone and barely moves the ranking metrics.
-        calibration = fit_calibration(raw_validation, fitted_on="validation")
+        calibration = fit_calibration(
+            scored_validation.withColumnRenamed(PROBABILITY_COLUMN, RAW_PROBABILITY_COLUMN),
+            fitted_on="validation",
+        )
+        validation = calibrate_predictions(scored_validation, calibration).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
+        test = calibrate_predictions(predictions(model, data.test), calibration).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
+        # Selection ranks the validation slice by the raw scores the calibrator was fitted on;
+        # test is ranked by what is served, the calibrated probability (evaluate does the same).
+        valid_cal, valid_raw = _slice_figures(
+            validation, bins, "validation", RAW_PROBABILITY_COLUMN
+        )
+        test_cal, test_raw = _slice_figures(test, bins, "test", PROBABILITY_COLUMN)
     finally:
-        raw_validation.unpersist()
-    validation = calibrate_predictions(predictions(model, data.validation), calibration)
-    validation = validation.persist(StorageLevel.MEMORY_AND_DISK)
-    test = calibrate_predictions(predictions(model, data.test), calibration)
+        scored_validation.unpersist()
+        if test is not None:
+            test.unpersist()
     return FittedModel(
         model=model,
         params=classifier_params(model, sorted({*params, *(grid or {})})),
         seconds=seconds,
         calibration=calibration,
-        validation=binary_metrics(validation, LABEL_COLUMN, PROBABILITY_COLUMN),
-        test=binary_metrics(test, LABEL_COLUMN, PROBABILITY_COLUMN),
-        raw_validation=binary_metrics(validation, LABEL_COLUMN, RAW_PROBABILITY_COLUMN),
-        check=probability_quality(validation, test, cfg.evaluate.calibration_bins),
+        validation=_metrics(valid_cal, valid_cal),
+        test=_metrics(test_cal, test_cal),
+        raw_validation=_metrics(valid_cal, valid_raw),  # ranked by the raw scores too
+        check=CalibrationCheck(
+            bins=bins,
+            validation_ece_raw=valid_raw.calibration_error,
+            validation_ece=valid_cal.calibration_error,
+            test_ece_raw=test_raw.calibration_error,
+            test_ece=test_cal.calibration_error,
+            validation_brier_raw=valid_raw.brier,
+            validation_brier=valid_cal.brier,
+            test_brier_raw=test_raw.brier,
+            test_brier=test_cal.brier,
+        ),
         validation_predictions=validation,
     )
 
