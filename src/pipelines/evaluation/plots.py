@@ -157,8 +157,15 @@ def plot_confusion(name: str, confusion: Confusion, threshold: float, target: Pa
 
 
 def plot_importances(importances: Mapping[str, Mapping[str, float]], target: Path) -> Path:
-    """Top feature importances of each tree model, one panel per model."""
+    """Top feature importances of each tree model, one panel per model. Without a tree model the
+    file still exists (DVC declares it), saying so."""
     names = list(importances)
+    if not names:
+        fig, ax = plt.subplots(figsize=(6.5, 2.0))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no tree model among the candidates: no impurity importances",
+                ha="center", va="center")
+        return _save(fig, target)
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 6.0), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         top = sorted(importances[name].items(), key=lambda kv: kv[1], reverse=True)[:TOP_FEATURES]

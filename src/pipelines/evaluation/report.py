@@ -91,8 +91,7 @@ def write_plots(
                               folder / plots.THRESHOLD_FILE),
     ]
     importances = {c.name: c.importances for c in candidates if c.importances is not None}
-    if importances:
-        paths.append(plots.plot_importances(importances, folder / plots.IMPORTANCE_FILE))
+    paths.append(plots.plot_importances(importances, folder / plots.IMPORTANCE_FILE))
     if segments:
         paths.append(plots.plot_segments(segments, best, folder / plots.SEGMENT_FILE))
     return paths
