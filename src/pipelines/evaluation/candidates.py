@@ -16,14 +16,14 @@ from typing import Literal
 
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from src.contracts import TrainedModel
 from src.core.feature_spec import FeatureSpec
-from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
+from src.core.raw_schema import KEY_COLUMN
 from src.pipelines.evaluation.calibrated import model_calibration
-from src.pipelines.evaluation.point_metrics import RANK, P, Y
+from src.pipelines.evaluation.point_metrics import scored_slice
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.training.calibration import RAW_PROBABILITY_COLUMN, calibrated
 from src.pipelines.training.classifiers import PROBABILITY_COLUMN
@@ -56,16 +56,6 @@ class Candidate:
     chosen_on: str
     importances: dict[str, float] | None = None
     calibrated: bool = False
-
-
-def scored_slice(df: DataFrame, p: Column, rank: Column | None = None) -> DataFrame:
-    """Key, label, probability and ranking score (the probability unless given) as doubles."""
-    return df.select(
-        KEY_COLUMN,
-        F.col(LABEL_COLUMN).cast("double").alias(Y),
-        p.cast("double").alias(P),
-        (p if rank is None else rank).cast("double").alias(RANK),
-    )
 
 
 def _persisted(df: DataFrame) -> DataFrame:

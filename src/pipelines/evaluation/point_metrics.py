@@ -17,6 +17,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from src.core.metrics import Confusion
+from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import log_loss_term
 from src.utils.errors import DataError
 
@@ -43,6 +44,16 @@ class PointMetrics:
     log_loss: float
     calibration_error: float
     confusion: Confusion | None
+
+
+def scored_slice(df: DataFrame, p: Column, rank: Column | None = None) -> DataFrame:
+    """Key, label, probability and ranking score (the probability unless given) as doubles."""
+    return df.select(
+        KEY_COLUMN,
+        F.col(LABEL_COLUMN).cast("double").alias(Y),
+        p.cast("double").alias(P),
+        (p if rank is None else rank).cast("double").alias(RANK),
+    )
 
 
 def _exact_sum(term: Column) -> Column:

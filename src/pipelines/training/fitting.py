@@ -17,13 +17,11 @@ from src.core.calibration import CALIBRATION_FILE, Calibration
 from src.core.feature_spec import FeatureSpec
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.point_metrics import (
-    RANK,
-    P,
     PointMetrics,
     ProbabilityFigures,
-    Y,
     point_metrics,
     probability_figures,
+    scored_slice,
 )
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.training.calibration import (
@@ -81,12 +79,8 @@ def _slice_figures(
 ) -> tuple[PointMetrics, ProbabilityFigures]:
     """Figures of the calibrated probabilities ranked by `rank_by`, as evaluate measures the
     slice, and of the raw probabilities alone."""
-    label = F.col(LABEL_COLUMN).cast("double").alias(Y)
-    raw = F.col(RAW_PROBABILITY_COLUMN)
-    calibrated = scored.select(
-        label, F.col(PROBABILITY_COLUMN).alias(P), F.col(rank_by).alias(RANK)
-    )
-    uncalibrated = scored.select(label, raw.alias(P), raw.alias(RANK))
+    calibrated = scored_slice(scored, F.col(PROBABILITY_COLUMN), F.col(rank_by))
+    uncalibrated = scored_slice(scored, F.col(RAW_PROBABILITY_COLUMN))
     return (
         point_metrics(calibrated, bins, what=f"{what} {PROBABILITY_COLUMN}"),
         probability_figures(uncalibrated, bins, what=f"{what} {RAW_PROBABILITY_COLUMN}"),
