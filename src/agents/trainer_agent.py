@@ -93,9 +93,9 @@ class TrainerAgent(Agent):
         fitted = fit_calibrated(name, data, self.cfg)
         try:
             folder = save_fitted(staging / name, fitted, data.spec)
-            validation_rows = fitted.validation_predictions.count()
         finally:
             fitted.unpersist()
+        validation_rows = fitted.validation_rows
         final = self.cfg.path(self.cfg.train.models_dir) / name
         run_id, model_uri = log_training_run(
             name, fitted, folder, data, request, self.cfg, experiment_id, commit, validation_rows

@@ -69,6 +69,7 @@ class FittedModel:
     raw_validation: ModelMetrics
     check: CalibrationCheck
     validation_predictions: DataFrame
+    validation_rows: int
 
     def unpersist(self) -> None:
         self.validation_predictions.unpersist()
@@ -154,6 +155,7 @@ def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedMo
             test_brier=test_cal.brier,
         ),
         validation_predictions=validation,
+        validation_rows=valid_cal.rows,
     )
 
 
