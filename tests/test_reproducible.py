@@ -54,13 +54,18 @@ def test_prep_and_split_twice_give_the_same_bytes(
 
 
 def _estimators() -> dict[str, Any]:
-    """An estimator of every kind the pipelines save, but the two that test_dvc_pipeline already
-    retrains in a new process and finds byte-identical (random_forest, logistic)."""
-    from pyspark.ml.classification import GBTClassifier, MultilayerPerceptronClassifier
+    """An estimator of every kind the pipelines save, but the one that test_dvc_pipeline already
+    retrains in a new process and finds byte-identical (logistic)."""
+    from pyspark.ml.classification import (
+        GBTClassifier,
+        MultilayerPerceptronClassifier,
+        RandomForestClassifier,
+    )
     from pyspark.ml.clustering import GaussianMixture, KMeans
     from xgboost.spark import SparkXGBClassifier
 
     return {
+        "random_forest": RandomForestClassifier(numTrees=5, seed=1),
         "gbt": GBTClassifier(maxIter=3, seed=1),
         "mlp": MultilayerPerceptronClassifier(layers=[2, 3, 2], maxIter=5, seed=1),
         "xgboost": SparkXGBClassifier(n_estimators=3, num_workers=1, random_state=1),

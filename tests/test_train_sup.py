@@ -285,27 +285,6 @@ def test_runs_are_in_mlflow_and_models_load_back(
     )
 
 
-def test_rerun_with_the_same_seed_gives_identical_metrics(
-    trained: tuple[Any, TrainSupResult],
-) -> None:
-    from src.agents.trainer_agent import TrainerAgent
-
-    cfg, first = trained
-    rerun_cfg = _config(cfg, models_dir="models/train_sup_rerun")
-    # Only the cheapest model: the check is about seeding, not about each estimator.
-    only_rf = rerun_cfg.train.model_copy(
-        update={"models": {"random_forest": rerun_cfg.train.models["random_forest"]}}
-    )
-    rerun_cfg = rerun_cfg.model_copy(update={"train": only_rf})
-    second = TrainerAgent(rerun_cfg).handle("train_sup", _request(rerun_cfg))
-    again, before = second.models["random_forest"], first.models["random_forest"]
-    assert again.validation == before.validation
-    assert again.test == before.test
-    assert again.feature_spec.sha256 == before.feature_spec.sha256
-    assert again.validation_predictions.sha256 == before.validation_predictions.sha256
-    assert again.run_id != before.run_id
-
-
 def test_missing_or_empty_split_is_a_data_error(
     spark: Any, split_project: Any, no_tracking_server: None, tmp_path: Path
 ) -> None:
