@@ -1,9 +1,9 @@
 """Serving bundles for the serving tests, built once per session from models trained on real loans.
 
-Imported by test modules (not conftest): `serving_bundles` fits the three small classifiers on the
-`split_project` subsample (the trainer's own data preparation and pipelines, without MLflow), fits
-a KMeans segmentation, and writes one bundle per model in the contract of `src/core/bundle.py`
-(model.onnx via the register stage's exporter, feature_spec.json, segmentation.json, serving.json,
+Imported by test modules (not conftest): `serving_bundles` takes three of the classifiers that
+train_sup trained for the session (`trained_project`, on the real subsample), fits a KMeans
+segmentation, and writes one bundle per model in the contract of `src/core/bundle.py` (model.onnx
+via the register stage's exporter, feature_spec.json, segmentation.json, serving.json,
 model_card.md, spark_model/). Memoized, so every module importing the fixture shares one build.
 """
 
@@ -19,12 +19,9 @@ from typing import Any
 
 import pytest
 
-# Small, fast models: the parity test needs real models of each kind, not good ones.
-SMALL_MODELS: dict[str, dict[str, Any]] = {
-    "random_forest": {"numTrees": 30, "maxDepth": 6},
-    "gbt": {"maxIter": 20},
-    "mlp": {"maxIter": 60},
-}
+# One of each kind of graph the exporter writes (tree ensembles both ways, a network); the parity
+# tests need real models of each kind, not good ones, so the session's small ones serve.
+SERVED_MODELS = ("random_forest", "gbt", "mlp")
 SEGMENT_K = 4
 # Optional: a folder where the bundles persist between runs (a quicker edit-test loop).
 REUSE_ENV = "CREDIT_RISK_SERVING_TEST_BUNDLES"
@@ -44,7 +41,7 @@ class ServingBundles:
 
     @property
     def bundles(self) -> dict[str, Path]:
-        return {name: self.root / name for name in SMALL_MODELS}
+        return {name: self.root / name for name in SERVED_MODELS}
 
     @property
     def api_bundle(self) -> Path:
@@ -140,13 +137,13 @@ def _segmentation(spark: Any, cfg: Any, train_path: Path) -> tuple[Any, Any]:
     return export_params("kmeans", features, preprocessing, kmeans, bands), pipeline
 
 
-def build_serving_bundles(spark: Any, split_project: Any) -> ServingBundles:
-    """Fit, segment and bundle once per session (memoized; on disk too with $REUSE_ENV)."""
+def build_serving_bundles(spark: Any, trained_project: Any) -> ServingBundles:
+    """Segment and bundle once per session (memoized; on disk too with $REUSE_ENV)."""
     if "bundles" in _CACHE:
         return _CACHE["bundles"]
     from src.supervisor import load_result
 
-    cfg = split_project
+    cfg = trained_project
     split = load_result(cfg, "split")
     reuse = os.environ.get(REUSE_ENV)
     root = Path(reuse) if reuse else cfg.path("models/serving_bundles")
@@ -159,32 +156,30 @@ def build_serving_bundles(spark: Any, split_project: Any) -> ServingBundles:
 
 
 def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
-    from src.contracts import TrainSupRequest
-    from src.pipelines.export.onnx_export import export_classifier
-    from src.pipelines.training.classifiers import fit_pipeline
-    from src.pipelines.training.data import load_training_data
+    from pyspark.ml import PipelineModel
 
-    data = load_training_data(
-        spark, cfg, TrainSupRequest(train=split.train, test=split.test)
-    )
+    from src.core.feature_spec import FeatureSpec
+    from src.pipelines.export.onnx_export import export_classifier
+    from src.supervisor import load_result
+
+    trained = load_result(cfg, "train_sup").models
     segment_params, segmentation_model = _segmentation(spark, cfg, cfg.path(split.train.path))
     segmentation_model.write().overwrite().save(str(root / SEGMENTATION_DIR))
-    try:
-        for version, (name, small) in enumerate(SMALL_MODELS.items(), start=1):
-            params = {**cfg.train.models[name], **small}
-            model = fit_pipeline(name, data.fit, data.spec, params, cfg.seed, cfg.train.balance)
-            target = root / name
-            model.write().overwrite().save(str(target / "spark_model"))
-            onnx_model = export_classifier(spark, model, len(data.spec.features), name)
-            write_bundle(
-                target, onnx_model.SerializeToString(), data.spec, target / "spark_model",
-                segment_params, name, str(version),
-            )
-    finally:
-        data.unpersist()
+    for version, name in enumerate(SERVED_MODELS, start=1):
+        spec = FeatureSpec.model_validate_json(
+            cfg.path(trained[name].feature_spec.path).read_text()
+        )
+        model_dir = cfg.path(trained[name].path.path)
+        onnx_model = export_classifier(
+            spark, PipelineModel.load(str(model_dir)), len(spec.features), name
+        )
+        write_bundle(
+            root / name, onnx_model.SerializeToString(), spec, model_dir, segment_params, name,
+            str(version),
+        )
 
 
 @pytest.fixture(scope="session", name="serving_bundles")
-def serving_bundles_fixture(spark: Any, split_project: Any) -> ServingBundles:
-    """Three bundles (random_forest, gbt, mlp) trained on the real subsample."""
-    return build_serving_bundles(spark, split_project)
+def serving_bundles_fixture(spark: Any, trained_project: Any) -> ServingBundles:
+    """Three bundles (random_forest, gbt, mlp) of the session's models, trained on the subsample."""
+    return build_serving_bundles(spark, trained_project)

@@ -24,7 +24,7 @@ from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.preparation.cleaning import ROW_CLASS, classify_rows, read_raw
 from src.serving.app import create_app
 from tests.serving_fixtures import (  # noqa: F401  (fixtures register by name)
-    SMALL_MODELS,
+    SERVED_MODELS,
     ServingBundles,
     serving_bundles_fixture,
 )
@@ -100,7 +100,7 @@ def _spark_answers(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", list(SMALL_MODELS))
+@pytest.mark.parametrize("model", SERVED_MODELS)
 def test_api_equals_spark_on_every_test_loan(
     serving_bundles: ServingBundles, test_split: DataFrame, raw_requests: list[dict], model: str
 ) -> None:
