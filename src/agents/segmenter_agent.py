@@ -89,10 +89,12 @@ class SegmenterAgent(Agent):
             scaled = preprocessing.model.transform(train).select(
                 KEY_COLUMN, LABEL_COLUMN, *seg.features, FEATURES_VECTOR
             ).persist(StorageLevel.MEMORY_AND_DISK)
-            fitting = fit_sample(scaled, seg.fit_rows, rows, self.cfg.seed).persist(
-                StorageLevel.MEMORY_AND_DISK
-            )
-            data = Fitted(scaled, fitting, rows, fitting.count())
+            sample = fit_sample(scaled, seg.fit_rows, rows, self.cfg.seed)
+            if sample is scaled:  # within fit_rows: the fit reads the persisted table itself
+                data = Fitted(scaled, scaled, rows, rows)
+            else:
+                fitting = sample.persist(StorageLevel.MEMORY_AND_DISK)
+                data = Fitted(scaled, fitting, rows, fitting.count())
             log.info("train_unsup.preprocessed", rows=rows, fit_rows=data.fit_rows,
                      features=seg.features, impute=preprocessing.medians)
             # Both models go into one temporary sibling of models_dir, renamed into place once
