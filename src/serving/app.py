@@ -102,14 +102,15 @@ name and version.
 the good:bad odds: {base_points:g} points at {base_odds:g}:1 odds, and every {pdo:g} points (PDO)
 double the odds. Higher is safer. Configured in `scorecard` of params.yaml.
 
-**Top factors** are occlusion effects: for each model input, the probability of default minus
-the probability when that input alone is replaced by its training reference (the training median
-for a number, "no level" for a category), all else unchanged. A positive effect means this
-applicant's value raises the estimated risk compared with a typical value. The effects are exact
-for this model and this application, computed in one batched model call, but they are not
-additive, and an input correlated with others (e.g. `grade`, `sub_grade_ordinal`, `int_rate`) may
-show a small effect because the others still carry its information. They explain the model, not
-the world.
+**Top factors** are occlusion effects: for each model input, the probability of default minus the
+probability when that input alone is replaced by its training reference (the training median for a
+number, "no level" for a category), all else unchanged. A field that also feeds a derived input is
+replaced alone: the `installment` factor holds `installment_to_income` fixed, while a request with
+another installment moves both. A positive effect means this applicant's value raises the estimated
+risk compared with a typical value. The effects are exact for this model and this application,
+computed in one batched model call, but they are not additive, and an input correlated with others
+(e.g. `grade`, `sub_grade_ordinal`, `int_rate`) may show a small effect because the others still
+carry its information. They explain the model, not the world.
 """
 
 
