@@ -156,10 +156,9 @@ def build_serving_bundles(spark: Any, trained_project: Any) -> ServingBundles:
 
 
 def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
-    from pyspark.ml import PipelineModel
-
     from src.core.feature_spec import FeatureSpec
     from src.pipelines.export.onnx_export import export_classifier
+    from src.pipelines.registry.prepare import load_model
     from src.supervisor import load_result
 
     trained = load_result(cfg, "train_sup").models
@@ -171,7 +170,7 @@ def _build(spark: Any, cfg: Any, split: Any, root: Path) -> None:
         )
         model_dir = cfg.path(trained[name].path.path)
         onnx_model = export_classifier(
-            spark, PipelineModel.load(str(model_dir)), len(spec.features), name
+            spark, load_model(model_dir, spec, name), len(spec.features), name
         )
         write_bundle(
             root / name, onnx_model.SerializeToString(), spec, model_dir, segment_params, name,
