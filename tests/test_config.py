@@ -65,3 +65,14 @@ def test_leak_list_covers_the_readme_families() -> None:
         assert name in leaky
     for name in ("loan_amnt", "int_rate", "annual_inc", "dti", "fico_range_low", "issue_d"):
         assert name in RAW_COLUMNS and name not in leaky
+
+
+@pytest.mark.parametrize(
+    ("rows", "partitions"), [(0, 2), (4_000, 2), (250_000, 3), (500_000, 5), (2_300_000, 8)]
+)
+def test_training_tables_are_partitioned_by_rows_not_by_machine(rows: int, partitions: int) -> None:
+    from src.utils.spark import table_partitions
+
+    spark = load_config(REPO / "params.yaml").spark
+    assert (spark.partition_rows, spark.shuffle_partitions) == (100_000, 8)
+    assert table_partitions(spark, rows) == partitions

@@ -36,7 +36,7 @@ from src.pipelines.training.references import SUB_GRADE
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
-from src.utils.spark import get_spark
+from src.utils.spark import get_spark, table_partitions
 from src.utils.tracking import configure_mlflow
 
 log = get_logger(agent="EvaluatorAgent")
@@ -117,12 +117,13 @@ class EvaluatorAgent(Agent):
         spark = get_spark(self.cfg.spark)
         experiment_id = configure_mlflow(self.cfg)
         cfg = self.cfg.evaluate
+        train = self._read_train(spark, request)
         fit, validation = split_fit_validation(
-            self._read_train(spark, request), self.cfg.train.validation_fraction, self.cfg.seed,
+            train, self.cfg.train.validation_fraction, self.cfg.seed,
             method=self.cfg.train.validation_method,
         )
-        # The stratified window leaves one partition per label: spread the rows over the cores.
-        fit = fit.repartition(self.cfg.spark.shuffle_partitions, KEY_COLUMN)
+        # Partitioned as train_sup partitions the rows its models learn from.
+        fit = fit.repartition(table_partitions(self.cfg.spark, train.count()), KEY_COLUMN)
         fit = fit.persist(StorageLevel.MEMORY_AND_DISK)
         validation = validation.persist(StorageLevel.MEMORY_AND_DISK)
         test = self._read_test(spark, request)

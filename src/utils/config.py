@@ -143,6 +143,9 @@ class SparkConfig(Section):
     executor_memory: str = "1g"
     # Raw CSV.gz is streamed once into record-aligned plain CSV parts of about this size.
     input_chunk_mb: int = Field(default=16, gt=0)
+    # Training tables get one partition per this many rows, at least 2 and at most
+    # shuffle_partitions: Spark's tree learners run a task per partition for every tree level.
+    partition_rows: int = Field(default=100_000, gt=0)
     # How often long Spark work (training, scoring) logs a progress event.
     progress_interval_s: float = Field(default=30.0, gt=0)
     # Any other Spark setting, passed as is (e.g. spark.hadoop.fs.s3a.* for an object store).

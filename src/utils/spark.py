@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -36,6 +37,12 @@ def spark_uri(path: Path | str) -> str:
     if _SCHEME.match(text):
         return text
     return Path(text).resolve().as_uri()
+
+
+def table_partitions(cfg: SparkConfig, rows: int) -> int:
+    """Partitions for `rows` rows: one per `partition_rows`, within [2, shuffle_partitions]."""
+    wanted = max(2, math.ceil(rows / cfg.partition_rows))
+    return min(cfg.shuffle_partitions, wanted)
 
 
 def get_spark(cfg: SparkConfig) -> SparkSession:

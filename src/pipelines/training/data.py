@@ -16,6 +16,7 @@ from src.pipelines.training.spec_fitting import fit_feature_spec
 from src.utils.config import Config
 from src.utils.errors import DataError
 from src.utils.logging import get_logger
+from src.utils.spark import table_partitions
 
 log = get_logger(component="training")
 
@@ -46,8 +47,8 @@ def read_split(spark: SparkSession, cfg: Config, artifact: Artifact, side: str) 
 
 
 def spread_and_persist(df: DataFrame, partitions: int) -> DataFrame:
-    # The stratified window leaves one partition per label; hashing the key spreads rows over the
-    # cores, and sorting fixes their order, which seeded sampling inside the estimators depends on.
+    # Hashing the key fixes which rows share a partition, and sorting fixes their order: seeded
+    # sampling inside the estimators depends on both, so neither may depend on the machine.
     spread = df.repartition(partitions, KEY_COLUMN).sortWithinPartitions(KEY_COLUMN)
     return spread.persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -63,14 +64,14 @@ def load_training_data(spark: SparkSession, cfg: Config, request: TrainSupReques
     fit, validation = split_fit_validation(
         train, cfg.train.validation_fraction, cfg.seed, method=method
     )
-    partitions = cfg.spark.shuffle_partitions
+    partitions = table_partitions(cfg.spark, train.count())
     fit, validation, test = (spread_and_persist(df, partitions) for df in (fit, validation, test))
     summary = side_summary(validation)
     fields = ("rows", "defaults", "first_issue_d", "last_issue_d")
     validation_slice = ValidationSlice.model_validate(
         {"method": method, **{k: summary[k] for k in fields}}
     )
-    log.info("train.validation_slice", **validation_slice.model_dump())
+    log.info("train.validation_slice", partitions=partitions, **validation_slice.model_dump())
     spec = fit_feature_spec(fit, cfg.train.numeric, cfg.train.categorical, cfg.train.spec)
     return TrainingData(
         fit=fit, validation=validation, test=test, spec=spec, validation_slice=validation_slice
