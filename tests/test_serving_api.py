@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from src.core.loan import DERIVED
+from src.core.loan import DERIVED, LOAN_COLUMNS
 from src.core.raw_schema import RAW_COLUMNS
 from src.serving.app import create_app
 from src.serving.schemas import EXAMPLE_APPLICATION, LEAKY_MESSAGE
@@ -134,10 +134,12 @@ def test_predict_the_real_application(client: TestClient) -> None:
 def test_top_factors_are_occlusion_effects(serving_bundles: ServingBundles) -> None:
     """Replacing a factor's input by its reference moves the probability by exactly the effect.
 
-    Only inputs that are one feature and nothing else: replacing `installment` also moves
-    `installment_to_income`, which the factor holds fixed. Every served model's factors count.
+    Only numeric inputs that are one feature and nothing else: replacing `installment` also moves
+    `installment_to_income`, which the factor holds fixed, and `emp_length`'s reference is in
+    years, not the text the field takes. Every served model's factors count.
     """
     feeds_derived = {name for derived in DERIVED.values() for name in derived.inputs}
+    numbers = {name for name, col in LOAN_COLUMNS.items() if col.kind in ("number", "percent")}
     checked = []
     for bundle in serving_bundles.bundles.values():
         app = create_app(_config(serving_bundles), bundle_path=bundle, poll=False)
@@ -145,11 +147,13 @@ def test_top_factors_are_occlusion_effects(serving_bundles: ServingBundles) -> N
             out = model_client.post("/predict", json=EXAMPLE_APPLICATION).json()
             for factor in out["top_factors"]:
                 name = factor["feature"]
-                plain = name in EXAMPLE_APPLICATION and name not in feeds_derived
+                plain = name in numbers and name not in feeds_derived
                 if not (plain and isinstance(factor["reference"], float)):
                     continue
                 occluded = {**EXAMPLE_APPLICATION, name: factor["reference"]}
-                p = model_client.post("/predict", json=occluded).json()["probability_of_default"]
+                answer = model_client.post("/predict", json=occluded)
+                assert answer.status_code == 200, (bundle.name, name, answer.text)
+                p = answer.json()["probability_of_default"]
                 assert out["probability_of_default"] - p == pytest.approx(
                     factor["effect"], abs=1e-7
                 ), (bundle.name, name)
