@@ -122,7 +122,7 @@ class EvaluatorAgent(Agent):
             train, self.cfg.train.validation_fraction, self.cfg.seed,
             method=self.cfg.train.validation_method,
         )
-        # Partitioned as train_sup partitions the rows its models learn from.
+        # As many partitions as train_sup gives the same rows (table_partitions); not key-sorted.
         fit = fit.repartition(table_partitions(self.cfg.spark, train.count()), KEY_COLUMN)
         fit = fit.persist(StorageLevel.MEMORY_AND_DISK)
         validation = validation.persist(StorageLevel.MEMORY_AND_DISK)
