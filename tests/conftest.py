@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,12 +37,32 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 for _name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
     os.environ.pop(_name, None)
 
-_data_notes: list[str] = []
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    # execnet starts a worker with `python -c`, so __main__ has neither __spec__ nor __file__.
+    # pyspark 4.3 takes that for its own doctest run and exits 0 when pyspark.ml.connect is
+    # imported without grpc, as mlflow.spark.log_model does (test_pyspark_main_module pins it).
+    _main = sys.modules["__main__"]
+    if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+        _main.__file__ = "<pytest-xdist worker>"
+
+
+def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
+    """Share tests between workers by file, with one worker for the trained project's tests."""
+    from tests.xdist_groups import TrainedProjectScheduling
+
+    return TrainedProjectScheduling(config, log)
+
+
+def _data_note() -> str:
+    if REAL_SAMPLE.is_file():
+        return f"real sample {REAL_SAMPLE}"
+    return f"real sample {REAL_SAMPLE} is absent: tests use synthetic loans of the same layout"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for note in _data_notes:
-        terminalreporter.write_line(f"DATA: {note}")
+    # Printed by xdist's controller, which runs no fixture: the same check as `sample_path`.
+    terminalreporter.write_line(f"DATA: {_data_note()}")
 
 
 def write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -85,13 +106,10 @@ def spark() -> Iterator[Any]:
 def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real LendingClub sample; where absent, synthetic loans of its layout (said aloud)."""
     if REAL_SAMPLE.is_file():
-        _data_notes.append(f"real sample {REAL_SAMPLE}")
         return REAL_SAMPLE
     from src.pipelines.acquisition.synthetic import write_synthetic_loans
 
-    note = f"real sample {REAL_SAMPLE} is absent: tests use synthetic loans of the same layout"
-    warnings.warn(note, stacklevel=1)
-    _data_notes.append(note)
+    warnings.warn(_data_note(), stacklevel=1)
     path = tmp_path_factory.mktemp("synthetic") / "loans.csv.gz"
     write_synthetic_loans(path, rows=42535, seed=7, chunk_rows=20000)
     return path
@@ -176,11 +194,21 @@ SMALL_TRAINING: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def trained_project(split_project: Any) -> Iterator[Any]:
+def trained_project(
+    split_project: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """The split project after train_sup, train_unsup and evaluate ran once with small models."""
     from src.supervisor import run_stages
     from src.utils.config import load_config
 
+    if WORKER:
+        # Under pytest-xdist, tests/xdist_groups.py sends every test that needs it to one worker.
+        built = tmp_path_factory.getbasetemp().parent / "trained_project.built"
+        try:
+            built.touch(exist_ok=False)
+        except FileExistsError:
+            pytest.fail(f"{WORKER}: trained_project was built on another worker already: "
+                        "a test file that needs it is missing from tests/xdist_groups.py's group")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         cfg = load_config(split_project.root / "params.yaml", overrides=SMALL_TRAINING)
