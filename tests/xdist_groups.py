@@ -18,9 +18,9 @@ TRAINING_FIXTURES = ("trained_project", "serving_bundles")
 
 
 @cache
-def needs_trained_project(test_file: str) -> bool:
+def needs_trained_project(test_file: Path) -> bool:
     """Whether a test file asks for a fixture that trains (the controller sees node ids only)."""
-    text = Path(test_file).read_text(encoding="utf-8")
+    text = test_file.read_text(encoding="utf-8")
     return any(name in text for name in TRAINING_FIXTURES)
 
 
@@ -29,4 +29,6 @@ class TrainedProjectScheduling(LoadScopeScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
         test_file = nodeid.split("::", 1)[0]
-        return TRAINED_GROUP if needs_trained_project(test_file) else test_file
+        # Node ids are relative to the rootdir, not to the folder pytest was started in.
+        trains = needs_trained_project(self.config.rootpath / test_file)
+        return TRAINED_GROUP if trains else test_file
