@@ -51,7 +51,7 @@ def _frame(spark: Any, rows: pd.DataFrame, partitions: int = 4) -> Any:
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_spark_point_metrics_agree_with_scikit_learn(spark: Any, ties: bool) -> None:
-    from src.pipelines.evaluation.point_metrics import point_metrics
+    from src.pipelines.evaluation.point_metrics import driver_point_metrics, point_metrics
 
     rows = _rows(5000, seed=3, ties=ties)
     y, p, r = (rows[c].to_numpy() for c in ("y", "p", "rank_score"))
@@ -69,19 +69,48 @@ def test_spark_point_metrics_agree_with_scikit_learn(spark: Any, ties: bool) -> 
     assert (spark_figures.rows, spark_figures.positives) == (y.size, int(y.sum()))
     # Exact sums: the figures do not depend on the partitioning.
     assert point_metrics(_frame(spark, rows, 1), 10, threshold) == spark_figures
+    # A slice within the driver bound is measured there, with scikit-learn: the same figures.
+    driver_figures = driver_point_metrics(y, p, r, 10, threshold)
+    assert driver_figures.confusion == spark_figures.confusion
+    assert (driver_figures.rows, driver_figures.positives) == (y.size, int(y.sum()))
+    for k in expected:
+        assert getattr(driver_figures, k) == pytest.approx(
+            getattr(spark_figures, k), rel=0, abs=AGREEMENT), k
+
+
+@pytest.mark.parametrize("rows, bound, held", [(300, 299, False), (300, 300, True)])
+def test_only_a_slice_within_the_bound_reaches_the_driver(
+    spark: Any, rows: int, bound: int, held: bool
+) -> None:
+    from src.pipelines.evaluation.point_metrics import slice_on_driver
+
+    data = _rows(rows, seed=4, ties=False)
+    local = slice_on_driver(_frame(spark, data), bound)
+    if not held:
+        assert local is None
+        return
+    assert local is not None
+    assert local[KEY_COLUMN].tolist() == sorted(data[KEY_COLUMN])
+    pd.testing.assert_frame_equal(local, data, check_like=True)
 
 
 def test_point_metrics_refuse_bad_rows(spark: Any) -> None:
-    from src.pipelines.evaluation.point_metrics import point_metrics
+    from src.pipelines.evaluation.point_metrics import driver_point_metrics, point_metrics
     from src.utils.errors import DataError
 
     rows = _rows(200, seed=1, ties=False)
     rows.loc[5, "p"] = 1.5
-    with pytest.raises(DataError, match=r"1 rows .* outside \[0, 1\]"):
-        point_metrics(_frame(spark, rows), 10, what="the slice")
+    rows.loc[7, "rank_score"] = np.nan
+    rows.loc[9, "y"] = 2.0
     one_class = _rows(200, seed=1, ties=False).assign(y=0.0)
-    with pytest.raises(DataError, match="both classes"):
-        point_metrics(_frame(spark, one_class), 10)
+    # Both paths refuse the same rows with the same words.
+    for bad, message in ((rows, r"^evaluate: the slice has 3 rows .* outside \[0, 1\]$"),
+                         (one_class, "^evaluate: the slice needs both classes among its 200")):
+        y, p, r = (bad[c].to_numpy() for c in ("y", "p", "rank_score"))
+        with pytest.raises(DataError, match=message):
+            point_metrics(_frame(spark, bad), 10, what="the slice")
+        with pytest.raises(DataError, match=message):
+            driver_point_metrics(y, p, r, 10, what="the slice")
 
 
 def test_the_driver_holds_a_bounded_sample_and_point_figures_cover_every_row(spark: Any) -> None:
@@ -100,6 +129,7 @@ def test_the_driver_holds_a_bounded_sample_and_point_figures_cover_every_row(spa
     assert (e.test.rows, e.validation.rows) == (6000, 4000)
     assert e.test.sample_rows == e.validation.sample_rows == bound
     assert evaluated.test_sample.scored.y.size == bound
+    assert not evaluated.test_sample.whole
 
     # Point figures: every row, as scikit-learn computes them on the full slice.
     y, p, r = (test_rows[c].to_numpy() for c in ("y", "p", "rank_score"))
@@ -134,9 +164,15 @@ def test_a_slice_within_the_bound_is_its_own_sample(spark: Any) -> None:
 
     rows = _rows(1500, seed=8, ties=True)
     df = _frame(spark, rows)
-    evaluated = evaluate_candidate(Candidate("m", "model", df, df, "rows"), EVALUATE, 2)
+    # Exactly as many loans as the bound: still the whole slice.
+    cfg = EVALUATE.model_copy(update={"driver_sample_rows": 1500})
+    evaluated = evaluate_candidate(Candidate("m", "model", df, df, "rows"), cfg, 2)
     e = evaluated.evaluation
     y, p, r = (rows[c].to_numpy() for c in ("y", "p", "rank_score"))
+    assert evaluated.test_sample.whole
+    # Point figures from the sample itself: scikit-learn's, on the rows in key order.
+    assert (e.test.auc_roc, e.test.auc_pr, e.test.brier) == (
+        auc_roc(y, r), average_precision(y, r), brier_score(y, p))
     boot = bootstrap_intervals(y, r, EVALUATE.bootstrap_samples, 2)
     # Exactly today's driver-side figures: the whole slice, in key order.
     assert (e.test.auc_roc_ci.low, e.test.auc_roc_ci.high) == boot.auc_roc

@@ -234,7 +234,8 @@ class EvaluateConfig(Section):
     bootstrap_samples: int = Field(ge=10)
     calibration_bins: int = Field(ge=2)
     # Rows of a slice the driver holds (bootstrap intervals, threshold scan, curves); point
-    # figures are computed in Spark on every row.
+    # figures are computed in Spark on every row, or on the driver when the slice fits this bound
+    # (train_sup's and evaluate's figures alike).
     driver_sample_rows: int = Field(default=50_000, ge=100)
     threshold: ThresholdConfig
     plots_dir: Path

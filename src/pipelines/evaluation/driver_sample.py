@@ -15,10 +15,12 @@ from src.pipelines.evaluation.point_metrics import RANK, P, Y
 
 @dataclass(frozen=True)
 class Sample:
-    """At most `evaluate.driver_sample_rows` rows of a slice, in loan-key order."""
+    """At most `evaluate.driver_sample_rows` rows of a slice, in loan-key order; `whole` when
+    they are every row of it."""
 
     scored: Scored
     rank: np.ndarray
+    whole: bool
 
 
 def sample_rows(scored: DataFrame, rows: int, seed: int) -> DataFrame:
@@ -34,10 +36,13 @@ def driver_sample(
     scored: DataFrame, rows: int, seed: int, name: str, kind: str
 ) -> Sample:
     """The sample of a scored slice on the driver, in key order (the whole slice when small)."""
-    frame = sample_rows(scored.select(KEY_COLUMN, Y, P, RANK), rows, seed).toPandas()
-    frame = frame.sort_values(KEY_COLUMN, ignore_index=True)
+    # One row past the bound tells a slice of exactly `rows` loans from a larger one.
+    frame = sample_rows(scored.select(KEY_COLUMN, Y, P, RANK), rows + 1, seed).toPandas()
+    whole = len(frame) <= rows
+    frame = frame.head(rows).sort_values(KEY_COLUMN, ignore_index=True)
     return Sample(
         scored=Scored(name=name, kind=kind, y=frame[Y].to_numpy(dtype=np.float64),
                       p=frame[P].to_numpy(dtype=np.float64)),
         rank=frame[RANK].to_numpy(dtype=np.float64),
+        whole=whole,
     )

@@ -1,5 +1,7 @@
 """Point metrics of a whole scored slice, computed in Spark: only a row per probability bin and one
-row of rank aggregates reach the driver, whatever the slice's size.
+row of rank aggregates reach the driver, whatever the slice's size. A slice within the driver bound
+(`evaluate.driver_sample_rows`) is measured on the driver instead: a dozen small Spark jobs cost
+seconds per figure set, which made small data pay big-data costs.
 
 A scored slice has the loan key and three doubles: the label `y`, the probability `p` (Brier, log
 loss, calibration, the decision) and the score `rank_score` that ranking metrics order by. Sums are
@@ -13,10 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from src.core.metrics import Confusion
+from src.core.metrics import (
+    Confusion,
+    auc_roc,
+    average_precision,
+    brier_score,
+    confusion_at,
+    expected_calibration_error,
+    ks_statistic,
+    log_loss,
+)
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.spark_metrics import log_loss_term
 from src.utils.errors import DataError
@@ -152,16 +165,20 @@ def _checked_table(
     """The per-bin aggregates of `scored`, its rows and positives; refuses bad rows, one class."""
     table = _bin_rows(scored, bins, threshold)
     invalid = sum(r["n"] for r in table if r["bin"] == _INVALID_BIN)
+    rows = sum(int(r["n"]) for r in table)
+    positives = sum(int(r["positives"]) for r in table)
+    _refuse_bad_rows(invalid, rows, positives, what)
+    return table, rows, positives
+
+
+def _refuse_bad_rows(invalid: int, rows: int, positives: int, what: str) -> None:
     if invalid:
         raise DataError(
             f"evaluate: {what} has {invalid} rows whose label is not 0/1 or whose probability is "
             "missing or outside [0, 1]"
         )
-    rows = sum(int(r["n"]) for r in table)
-    positives = sum(int(r["positives"]) for r in table)
     if not 0 < positives < rows:
         raise DataError(f"evaluate: {what} needs both classes among its {rows} labels")
-    return table, rows, positives
 
 
 def _calibration_error(table: list, rows: int) -> float:
@@ -220,3 +237,56 @@ def point_metrics(
         calibration_error=_calibration_error(table, rows),
         confusion=confusion,
     )
+
+
+# --- the same figures of a slice small enough to hold on the driver (scikit-learn) --------------
+
+
+def slice_on_driver(scored: DataFrame, max_rows: int) -> pd.DataFrame | None:
+    """Every row of `scored` in key order when it has at most `max_rows`, else None; never more
+    than `max_rows + 1` rows reach the driver."""
+    head = scored.limit(max_rows + 1).toPandas()
+    if len(head) > max_rows:
+        return None
+    return head.sort_values(KEY_COLUMN, ignore_index=True)
+
+
+def _checked_arrays(
+    y: np.ndarray, probabilities: tuple[np.ndarray, ...], what: str
+) -> tuple[np.ndarray, ...]:
+    # The rows the Spark path bins as invalid: a label not 0/1, a score missing (NaN) or outside
+    # [0, 1] (NaN compares false).
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in (y, *probabilities))
+    valid = np.isin(arrays[0], (0.0, 1.0))
+    for a in arrays[1:]:
+        valid &= (a >= 0.0) & (a <= 1.0)
+    _refuse_bad_rows(int(np.sum(~valid)), arrays[0].size, int(np.sum(arrays[0] == 1.0)), what)
+    return arrays
+
+
+def driver_point_metrics(
+    y: np.ndarray, p: np.ndarray, rank: np.ndarray, bins: int, threshold: float | None = None,
+    what: str = "slice",
+) -> PointMetrics:
+    """`point_metrics` of a whole slice held on the driver, with scikit-learn's metrics."""
+    y, p, rank = _checked_arrays(y, (p, rank), what)
+    return PointMetrics(
+        rows=int(y.size),
+        positives=int(np.sum(y == 1.0)),
+        auc_roc=auc_roc(y, rank),
+        auc_pr=average_precision(y, rank),
+        ks=ks_statistic(y, rank),
+        brier=brier_score(y, p),
+        log_loss=log_loss(y, p),
+        calibration_error=expected_calibration_error(y, p, bins),
+        confusion=None if threshold is None else confusion_at(y, p, threshold),
+    )
+
+
+def driver_probability_figures(
+    y: np.ndarray, p: np.ndarray, bins: int, what: str = "slice"
+) -> ProbabilityFigures:
+    """`probability_figures` of a whole slice held on the driver."""
+    y, p = _checked_arrays(y, (p,), what)
+    return ProbabilityFigures(brier=brier_score(y, p), log_loss=log_loss(y, p),
+                              calibration_error=expected_calibration_error(y, p, bins))

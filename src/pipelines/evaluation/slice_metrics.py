@@ -1,5 +1,6 @@
-"""The metrics of one candidate on one slice: point figures on every row (Spark), bootstrap
-intervals and the threshold scan on the driver sample (numpy / scikit-learn).
+"""The metrics of one candidate on one slice: point figures on every row (Spark, or scikit-learn
+when the driver sample is the whole slice), bootstrap intervals and the threshold scan on the
+driver sample (numpy / scikit-learn).
 
 When the slice is larger than the sample, the sample's percentile interval is carried to the full
 slice as an m-out-of-n bootstrap does: its deviations from the sample's own estimate, shrunk by
@@ -12,12 +13,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from pyspark.sql import DataFrame
+
 from src.contracts import ConfusionMatrix, Evaluation, Interval, SliceMetrics, ThresholdChoice
 from src.core.metrics import auc_roc, average_precision, bootstrap_intervals, gini
 from src.core.thresholds import ThresholdScan, profit_of_counts, scan_thresholds
 from src.pipelines.evaluation.candidates import Candidate
 from src.pipelines.evaluation.driver_sample import Sample, driver_sample
-from src.pipelines.evaluation.point_metrics import PointMetrics, point_metrics
+from src.pipelines.evaluation.point_metrics import (
+    PointMetrics,
+    driver_point_metrics,
+    point_metrics,
+)
 from src.utils.config import EvaluateConfig
 
 
@@ -68,6 +75,16 @@ def slice_metrics(
     )
 
 
+def _points(
+    scored: DataFrame, sample: Sample, bins: int, threshold: float | None, what: str
+) -> PointMetrics:
+    """Point figures of every row: from the sample when it is the whole slice, else in Spark."""
+    if sample.whole:
+        return driver_point_metrics(sample.scored.y, sample.scored.p, sample.rank, bins,
+                                    threshold, what)
+    return point_metrics(scored, bins, threshold, what)
+
+
 def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> Evaluated:
     """Validation metrics (selection) and test metrics (reported) of one candidate, at the
     threshold its validation sample chooses."""
@@ -76,11 +93,11 @@ def evaluate_candidate(candidate: Candidate, cfg: EvaluateConfig, seed: int) -> 
                                       kind)
     scan = scan_thresholds(validation_sample.scored.y, validation_sample.scored.p, cfg.threshold)
     threshold, _ = scan.best
-    validation_points = point_metrics(candidate.validation, cfg.calibration_bins,
-                                      what=f"{name}'s validation slice")
-    test_points = point_metrics(candidate.test, cfg.calibration_bins, threshold,
-                                what=f"{name} on the test split")
+    validation_points = _points(candidate.validation, validation_sample, cfg.calibration_bins,
+                                None, f"{name}'s validation slice")
     test_sample = driver_sample(candidate.test, cfg.driver_sample_rows, seed, name, kind)
+    test_points = _points(candidate.test, test_sample, cfg.calibration_bins, threshold,
+                          f"{name} on the test split")
     confusion = test_points.confusion
     assert confusion is not None  # a threshold was given
     evaluation = Evaluation(

@@ -19,9 +19,12 @@ from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.pipelines.evaluation.point_metrics import (
     PointMetrics,
     ProbabilityFigures,
+    driver_point_metrics,
+    driver_probability_figures,
     point_metrics,
     probability_figures,
     scored_slice,
+    slice_on_driver,
 )
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.training.calibration import (
@@ -76,15 +79,26 @@ class FittedModel:
 
 
 def _slice_figures(
-    scored: DataFrame, bins: int, what: str, rank_by: str
+    scored: DataFrame, bins: int, what: str, rank_by: str, driver_rows: int
 ) -> tuple[PointMetrics, ProbabilityFigures]:
     """Figures of the calibrated probabilities ranked by `rank_by`, as evaluate measures the
-    slice, and of the raw probabilities alone."""
+    slice, and of the raw probabilities alone; on the driver when the slice has at most
+    `driver_rows` rows, as evaluate does."""
+    calibrated_what = f"{what} {PROBABILITY_COLUMN}"
+    raw_what = f"{what} {RAW_PROBABILITY_COLUMN}"
+    local = slice_on_driver(scored, driver_rows)
+    if local is not None:
+        y = local[LABEL_COLUMN].to_numpy(dtype=float)
+        p, raw = local[PROBABILITY_COLUMN].to_numpy(), local[RAW_PROBABILITY_COLUMN].to_numpy()
+        return (
+            driver_point_metrics(y, p, local[rank_by].to_numpy(), bins, what=calibrated_what),
+            driver_probability_figures(y, raw, bins, what=raw_what),
+        )
     calibrated = scored_slice(scored, F.col(PROBABILITY_COLUMN), F.col(rank_by))
     uncalibrated = scored_slice(scored, F.col(RAW_PROBABILITY_COLUMN))
     return (
-        point_metrics(calibrated, bins, what=f"{what} {PROBABILITY_COLUMN}"),
-        probability_figures(uncalibrated, bins, what=f"{what} {RAW_PROBABILITY_COLUMN}"),
+        point_metrics(calibrated, bins, what=calibrated_what),
+        probability_figures(uncalibrated, bins, what=raw_what),
     )
 
 
@@ -127,10 +141,11 @@ def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedMo
         )
         # Selection ranks the validation slice by the raw scores the calibrator was fitted on;
         # test is ranked by what is served, the calibrated probability (evaluate does the same).
+        driver_rows = cfg.evaluate.driver_sample_rows
         valid_cal, valid_raw = _slice_figures(
-            validation, bins, "validation", RAW_PROBABILITY_COLUMN
+            validation, bins, "validation", RAW_PROBABILITY_COLUMN, driver_rows
         )
-        test_cal, test_raw = _slice_figures(test, bins, "test", PROBABILITY_COLUMN)
+        test_cal, test_raw = _slice_figures(test, bins, "test", PROBABILITY_COLUMN, driver_rows)
     finally:
         scored_validation.unpersist()
         if test is not None:
