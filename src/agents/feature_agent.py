@@ -31,7 +31,7 @@ from src.pipelines.preparation.splitting import side_summary, split_by_time, spl
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
 from src.utils.logging import get_logger
-from src.utils.spark import get_spark
+from src.utils.spark import get_spark, whole_stage_codegen_off
 from src.utils.spark_io import write_parquet_deterministic
 
 log = get_logger(agent="FeatureAgent")
@@ -75,11 +75,15 @@ class FeatureAgent(Agent):
             chunk_bytes=self.cfg.spark.input_chunk_mb * 2**20,
         )
         rows = classify_rows(raw, prep.numeric, prep.categorical, prep.dates, prep.required)
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         try:
+            # The cache's plan is fixed when it is declared and runs in the first job; every later
+            # job reads the classified rows from it.
+            with whole_stage_codegen_off(spark):
+                rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+                class_counts = rows.groupBy(ROW_CLASS, "loan_status").count().collect()
             by_class: dict[str, int] = {}
             unresolved: dict[str, int] = {}
-            for r in rows.groupBy(ROW_CLASS, "loan_status").count().collect():
+            for r in class_counts:
                 by_class[r[ROW_CLASS]] = by_class.get(r[ROW_CLASS], 0) + r["count"]
                 if r[ROW_CLASS] == "unresolved":
                     unresolved[r["loan_status"]] = r["count"]

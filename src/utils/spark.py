@@ -6,6 +6,8 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -79,3 +81,22 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         default_parallelism=spark.sparkContext.defaultParallelism,
     )
     return spark
+
+
+WHOLE_STAGE_CODEGEN = "spark.sql.codegen.wholeStage"
+
+
+@contextmanager
+def whole_stage_codegen_off(spark: SparkSession) -> Iterator[None]:
+    """Plan and run the queries of the block without whole-stage code generation.
+
+    For very wide projections (prep's row classification: a parser and every rule of every
+    column): their generated method outgrows the JVM's 64 KB limit, so Spark would compile it,
+    fail and fall back to this anyway, paying the failed compile again on every job.
+    """
+    previous = spark.conf.get(WHOLE_STAGE_CODEGEN)
+    spark.conf.set(WHOLE_STAGE_CODEGEN, "false")
+    try:
+        yield
+    finally:
+        spark.conf.set(WHOLE_STAGE_CODEGEN, previous)

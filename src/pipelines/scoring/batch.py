@@ -41,7 +41,7 @@ from src.utils.atomic import atomic_path
 from src.utils.config import Config
 from src.utils.errors import DataError, PermanentError
 from src.utils.logging import get_logger
-from src.utils.spark import spark_uri
+from src.utils.spark import spark_uri, whole_stage_codegen_off
 from src.utils.spark_progress import spark_progress
 
 log = get_logger(component="scoring")
@@ -229,11 +229,14 @@ def score_file(
         task = ScoringTask(_ship_bundle(spark, bundle), cfg.scorecard,
                            cfg.score.onnx_threads)
         records = _records_frame(_parsed_rows(spark, cfg, input_path), cfg, inputs)
-        records = records.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             row_class = F.col(ROW_CLASS)
             interval = cfg.spark.progress_interval_s
-            with spark_progress(spark, "score.progress", interval, phase="read"):
+            # As in prep: the classification runs once, in this job, to fill the cache.
+            with whole_stage_codegen_off(spark), spark_progress(
+                spark, "score.progress", interval, phase="read"
+            ):
+                records = records.persist(StorageLevel.MEMORY_AND_DISK)
                 counts = records.agg(
                     F.count(F.lit(1)).alias("input"),
                     *[F.count_if(row_class == c).alias(c) for c in ("footer", "kept", "rejected")],
