@@ -53,3 +53,21 @@ def test_time_slice_needs_two_months(loans: Any) -> None:
     one_month = loans.filter(loans.issue_d == MONTHS[0])
     with pytest.raises(DataError, match="two issue months"):
         split_fit_validation(one_month, 0.2, seed=1, method="time")
+
+
+@pytest.mark.parametrize("method", ["time", "random"])
+def test_the_recorded_slice_is_the_one_train_sup_drew(loans: Any, method: str) -> None:
+    """evaluate and register take train_sup's recorded slice instead of counting months again."""
+    from src.contracts import ValidationSlice
+    from src.pipelines.preparation.splitting import recorded_fit_validation, side_summary
+
+    fit, validation = split_fit_validation(loans, 0.2, seed=1, method=method)
+    summary = side_summary(validation)
+    recorded = ValidationSlice.model_validate(
+        {"method": method, **{k: summary[k] for k in ValidationSlice.model_fields if k != "method"}}
+    )
+    if method == "time":
+        assert recorded.first_issue_d == str(MONTHS[-3])
+    again_fit, again = recorded_fit_validation(loans, recorded, 0.2, seed=1)
+    assert sorted(again.collect()) == sorted(validation.collect())
+    assert sorted(again_fit.collect()) == sorted(fit.collect())

@@ -31,7 +31,7 @@ from src.pipelines.evaluation.segments import segment_evaluation
 from src.pipelines.evaluation.selection import SELECTED_ON, best_model, selection_score
 from src.pipelines.evaluation.slice_metrics import Evaluated, evaluate_candidate, rows_by_source
 from src.pipelines.evaluation.tracking import track_evaluation
-from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.preparation.splitting import recorded_fit_validation
 from src.pipelines.training.references import SUB_GRADE
 from src.utils.errors import DataError
 from src.utils.hashing import content_hash
@@ -118,9 +118,8 @@ class EvaluatorAgent(Agent):
         experiment_id = configure_mlflow(self.cfg)
         cfg = self.cfg.evaluate
         train = self._read_train(spark, request)
-        fit, validation = split_fit_validation(
-            train, self.cfg.train.validation_fraction, self.cfg.seed,
-            method=self.cfg.train.validation_method,
+        fit, validation = recorded_fit_validation(
+            train, request.train_sup.validation, self.cfg.train.validation_fraction, self.cfg.seed
         )
         # As many partitions as train_sup gives the same rows (table_partitions); not key-sorted.
         fit = fit.repartition(table_partitions(self.cfg.spark, train.count()), KEY_COLUMN)

@@ -9,6 +9,7 @@ from typing import Literal
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from src.contracts import ValidationSlice
 from src.core.raw_schema import KEY_COLUMN, LABEL_COLUMN
 from src.utils.errors import DataError
 
@@ -109,6 +110,17 @@ def split_fit_validation(
     return fit, validation
 
 
+def recorded_fit_validation(
+    train: DataFrame, recorded: ValidationSlice, fraction: float, seed: int
+) -> tuple[DataFrame, DataFrame]:
+    """The (fit, validation) parts train_sup used and recorded in its result: a time slice starts
+    at its first issue month, so the months need not be counted again; a random one is redrawn."""
+    if recorded.method == "time" and recorded.first_issue_d is not None:
+        fit, validation = _split_at(train, date.fromisoformat(recorded.first_issue_d))
+        return fit, validation
+    return split_fit_validation(train, fraction, seed, method=recorded.method)
+
+
 def time_cutoff(loans: DataFrame, test_fraction: float) -> date:
     """First issue month of the latest months holding at least `test_fraction` of the loans."""
     months = loans.groupBy("issue_d").count().orderBy(F.col("issue_d").desc()).collect()
@@ -126,8 +138,12 @@ def time_cutoff(loans: DataFrame, test_fraction: float) -> date:
 def split_by_time(loans: DataFrame, test_fraction: float) -> tuple[DataFrame, DataFrame, date]:
     """Train on loans issued before the cutoff month, test on the cutoff month and later."""
     cutoff = time_cutoff(loans, test_fraction)
+    return *_split_at(loans, cutoff), cutoff
+
+
+def _split_at(loans: DataFrame, cutoff: date) -> tuple[DataFrame, DataFrame]:
     earlier = F.col("issue_d") < F.lit(cutoff)
-    return loans.filter(earlier), loans.filter(~earlier), cutoff
+    return loans.filter(earlier), loans.filter(~earlier)
 
 
 def side_summary(side: DataFrame) -> dict[str, object]:

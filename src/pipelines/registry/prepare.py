@@ -40,7 +40,7 @@ from src.pipelines.export.onnx_export import (
     export_classifier,
     score_test_with_spark,
 )
-from src.pipelines.preparation.splitting import split_fit_validation
+from src.pipelines.preparation.splitting import recorded_fit_validation
 from src.pipelines.registry.bundle import stage_bundle
 from src.pipelines.registry.parity import calibrated_parity, require_parity, validation_sample
 from src.utils.atomic import atomic_path
@@ -141,11 +141,9 @@ def validation_slice(spark: SparkSession, cfg: Config, request: RegisterRequest)
         raise StaleUpstreamError(
             f"register: the training split {path} changed since train_sup ran"
         )
-    _, validation = split_fit_validation(
-        spark.read.parquet(str(path)),
-        cfg.train.validation_fraction,
-        cfg.seed,
-        method=cfg.train.validation_method,
+    _, validation = recorded_fit_validation(
+        spark.read.parquet(str(path)), request.train_sup.validation,
+        cfg.train.validation_fraction, cfg.seed,
     )
     return validation
 
