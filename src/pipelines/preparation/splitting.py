@@ -116,8 +116,7 @@ def recorded_fit_validation(
     """The (fit, validation) parts train_sup used and recorded in its result: a time slice starts
     at its first issue month, so the months need not be counted again; a random one is redrawn."""
     if recorded.method == "time" and recorded.first_issue_d is not None:
-        fit, validation = _split_at(train, date.fromisoformat(recorded.first_issue_d))
-        return fit, validation
+        return _split_at(train, date.fromisoformat(recorded.first_issue_d))
     return split_fit_validation(train, fraction, seed, method=recorded.method)
 
 
