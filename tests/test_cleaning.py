@@ -190,3 +190,25 @@ def test_read_raw_rejects_a_file_that_is_not_a_loan_file(spark, tmp_path) -> Non
     bad.write_text("a,b,c\n1,2,3\n")
     with pytest.raises(DataError, match=r"other\.csv: not a LendingClub loan file"):
         read_raw(spark, bad, multiline=True)
+
+
+def test_classification_runs_without_whole_stage_codegen_and_the_setting_comes_back(spark) -> None:
+    """prep and score plan the classification without whole-stage codegen (its generated method
+    outgrows 64 KB); the rows are the same, and the session's setting is restored after the block,
+    also when the block fails."""
+    from src.utils.spark import WHOLE_STAGE_CODEGEN, whole_stage_codegen_off
+
+    before = spark.conf.get(WHOLE_STAGE_CODEGEN)
+    with whole_stage_codegen_off(spark):
+        classified = classify_rows(
+            frame(spark, [KAGGLE_ROW, EXPORT_ROW]), PREP.numeric, PREP.categorical, PREP.dates,
+            PREP.required,
+        )
+        plan = classified._jdf.queryExecution().executedPlan().toString()
+        rows = classified.collect()
+    assert "WholeStageCodegen" not in plan and "*(" not in plan, plan
+    assert rows == classify(spark, [KAGGLE_ROW, EXPORT_ROW])
+    assert spark.conf.get(WHOLE_STAGE_CODEGEN) == before
+    with pytest.raises(RuntimeError), whole_stage_codegen_off(spark):
+        raise RuntimeError("a failing stage")
+    assert spark.conf.get(WHOLE_STAGE_CODEGEN) == before
