@@ -78,22 +78,6 @@ def test_spark_point_metrics_agree_with_scikit_learn(spark: Any, ties: bool) -> 
             getattr(spark_figures, k), rel=0, abs=AGREEMENT), k
 
 
-@pytest.mark.parametrize("rows, bound, held", [(300, 299, False), (300, 300, True)])
-def test_only_a_slice_within_the_bound_reaches_the_driver(
-    spark: Any, rows: int, bound: int, held: bool
-) -> None:
-    from src.pipelines.evaluation.point_metrics import slice_on_driver
-
-    data = _rows(rows, seed=4, ties=False)
-    local = slice_on_driver(_frame(spark, data), bound)
-    if not held:
-        assert local is None
-        return
-    assert local is not None
-    assert local[KEY_COLUMN].tolist() == sorted(data[KEY_COLUMN])
-    pd.testing.assert_frame_equal(local, data, check_like=True)
-
-
 def test_point_metrics_refuse_bad_rows(spark: Any) -> None:
     from src.pipelines.evaluation.point_metrics import driver_point_metrics, point_metrics
     from src.utils.errors import DataError

@@ -311,3 +311,26 @@ def test_tracking_uri_env_points_at_a_server(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(split_project) == ("http://127.0.0.1:5000", False)
     assert git_commit(split_project.root) is None
+
+
+def test_slice_figures_are_the_same_on_the_driver_and_in_spark(
+    spark: Any, trained: tuple[Any, TrainSupResult]
+) -> None:
+    """A slice within evaluate.driver_sample_rows is measured on the driver, a larger one in
+    Spark: the figures train_sup reports do not depend on which."""
+    from src.pipelines.training.calibration import RAW_PROBABILITY_COLUMN
+    from src.pipelines.training.fitting import slice_figures
+
+    cfg, result = trained
+    saved = cfg.path(result.models["logistic"].validation_predictions.path)
+    scored = spark.read.parquet(str(saved)).cache()
+    rows = scored.count()
+    bins = cfg.evaluate.calibration_bins
+    on_driver = slice_figures(scored, rows, bins, "validation", RAW_PROBABILITY_COLUMN, rows)
+    in_spark = slice_figures(scored, rows, bins, "validation", RAW_PROBABILITY_COLUMN, rows - 1)
+    scored.unpersist()
+    for driver, spark_side in zip(on_driver, in_spark, strict=True):
+        for field, value in vars(spark_side).items():
+            expected = value if value is None else pytest.approx(value, rel=0, abs=1e-12)
+            assert getattr(driver, field) == expected, field
+    assert on_driver[0].rows == rows == result.models["logistic"].validation_predictions.rows

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -240,15 +239,6 @@ def point_metrics(
 
 
 # --- the same figures of a slice small enough to hold on the driver (scikit-learn) --------------
-
-
-def slice_on_driver(scored: DataFrame, max_rows: int) -> pd.DataFrame | None:
-    """Every row of `scored` in key order when it has at most `max_rows`, else None; never more
-    than `max_rows + 1` rows reach the driver."""
-    head = scored.limit(max_rows + 1).toPandas()
-    if len(head) > max_rows:
-        return None
-    return head.sort_values(KEY_COLUMN, ignore_index=True)
 
 
 def _checked_arrays(

@@ -30,6 +30,7 @@ class TrainingData:
     test: DataFrame
     spec: FeatureSpec
     validation_slice: ValidationSlice
+    test_rows: int
 
     def unpersist(self) -> None:
         for df in (self.fit, self.validation, self.test):
@@ -74,5 +75,6 @@ def load_training_data(spark: SparkSession, cfg: Config, request: TrainSupReques
     log.info("train.validation_slice", partitions=partitions, **validation_slice.model_dump())
     spec = fit_feature_spec(fit, cfg.train.numeric, cfg.train.categorical, cfg.train.spec)
     return TrainingData(
-        fit=fit, validation=validation, test=test, spec=spec, validation_slice=validation_slice
+        fit=fit, validation=validation, test=test, spec=spec, validation_slice=validation_slice,
+        test_rows=test.count(),
     )

@@ -24,7 +24,6 @@ from src.pipelines.evaluation.point_metrics import (
     point_metrics,
     probability_figures,
     scored_slice,
-    slice_on_driver,
 )
 from src.pipelines.evaluation.spark_metrics import positive_probability
 from src.pipelines.training.calibration import (
@@ -78,16 +77,16 @@ class FittedModel:
         self.validation_predictions.unpersist()
 
 
-def _slice_figures(
-    scored: DataFrame, bins: int, what: str, rank_by: str, driver_rows: int
+def slice_figures(
+    scored: DataFrame, rows: int, bins: int, what: str, rank_by: str, driver_rows: int
 ) -> tuple[PointMetrics, ProbabilityFigures]:
     """Figures of the calibrated probabilities ranked by `rank_by`, as evaluate measures the
-    slice, and of the raw probabilities alone; on the driver when the slice has at most
-    `driver_rows` rows, as evaluate does."""
+    slice, and of the raw probabilities alone; on the driver when the slice's `rows` are at most
+    `driver_rows`, as evaluate does."""
     calibrated_what = f"{what} {PROBABILITY_COLUMN}"
     raw_what = f"{what} {RAW_PROBABILITY_COLUMN}"
-    local = slice_on_driver(scored, driver_rows)
-    if local is not None:
+    if rows <= driver_rows:
+        local = scored.toPandas().sort_values(KEY_COLUMN, ignore_index=True)
         y = local[LABEL_COLUMN].to_numpy(dtype=float)
         p, raw = local[PROBABILITY_COLUMN].to_numpy(), local[RAW_PROBABILITY_COLUMN].to_numpy()
         return (
@@ -142,10 +141,13 @@ def fit_calibrated(name: ModelName, data: TrainingData, cfg: Config) -> FittedMo
         # Selection ranks the validation slice by the raw scores the calibrator was fitted on;
         # test is ranked by what is served, the calibrated probability (evaluate does the same).
         driver_rows = cfg.evaluate.driver_sample_rows
-        valid_cal, valid_raw = _slice_figures(
-            validation, bins, "validation", RAW_PROBABILITY_COLUMN, driver_rows
+        valid_cal, valid_raw = slice_figures(
+            validation, data.validation_slice.rows, bins, "validation", RAW_PROBABILITY_COLUMN,
+            driver_rows,
         )
-        test_cal, test_raw = _slice_figures(test, bins, "test", PROBABILITY_COLUMN, driver_rows)
+        test_cal, test_raw = slice_figures(
+            test, data.test_rows, bins, "test", PROBABILITY_COLUMN, driver_rows
+        )
     finally:
         scored_validation.unpersist()
         if test is not None:
