@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import yaml
@@ -34,38 +35,70 @@ def _memory(p: psutil.Process) -> int:
         return int(p.memory_info().rss)
 
 
-def tree_memory(proc: psutil.Process) -> int:
-    """Bytes of memory of a process and all its descendants (PSS, see _memory)."""
-    total = 0
+def _kind(p: psutil.Process, root: psutil.Process) -> str:
+    # What the peak is made of tells a JVM heap grown to spark.driver_memory apart from Python
+    # workers holding a partition each (pyspark's daemon forks them; xgboost's fit runs in them).
+    if p.pid == root.pid:
+        return "driver"
+    if p.name() == "java":
+        return "jvm"
+    if any("pyspark" in part for part in p.cmdline()):
+        return "workers"
+    return "other"
+
+
+def tree_memory_by_kind(proc: psutil.Process) -> dict[str, int]:
+    """Bytes of memory (PSS, see _memory) of a process and its descendants, by kind of process."""
+    parts: dict[str, int] = {}
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += _memory(p)
+            kind = _kind(p, proc)
+            parts[kind] = parts.get(kind, 0) + _memory(p)
         except psutil.NoSuchProcess:
             continue
-    return total
+    return parts
 
 
-def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, int]:
-    """Run `cmd`; return wall seconds, peak tree memory in bytes and the exit code."""
+def tree_memory(proc: psutil.Process) -> int:
+    """Bytes of memory of a process and all its descendants (PSS, see _memory)."""
+    return sum(tree_memory_by_kind(proc).values())
+
+
+class Measurement(NamedTuple):
+    seconds: float
+    peak: int
+    code: int
+    peak_by_kind: dict[str, int]
+
+    def peak_parts(self) -> str:
+        """`jvm 5.1G + workers 2.0G + driver 0.2G`: the peak's make-up, largest first."""
+        parts = sorted(self.peak_by_kind.items(), key=lambda kv: -kv[1])
+        return " + ".join(f"{kind} {size / 2**30:.1f}G" for kind, size in parts)
+
+
+def run_measured(cmd: list[str], cwd: Path) -> Measurement:
+    """Run `cmd`; return wall seconds, peak tree memory in bytes and its make-up, the exit code."""
     # stderr goes to a file, not a pipe: a long stage logs more than a pipe holds, and a pipe
     # nobody reads until the end would block the stage mid-run.
     with tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
         proc = psutil.Process(child.pid)
-        peak = 0
+        peak, peak_by_kind = 0, {}
         while child.poll() is None:
             try:
-                peak = max(peak, tree_memory(proc))
+                parts = tree_memory_by_kind(proc)
             except psutil.NoSuchProcess:
                 break
+            if sum(parts.values()) > peak:
+                peak, peak_by_kind = sum(parts.values()), parts
             time.sleep(SAMPLE_INTERVAL_S)
         child.wait()
         seconds = time.perf_counter() - started
         if child.returncode:
             stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 2000))
             sys.stderr.write(stderr.read().decode(errors="replace"))
-    return seconds, peak, child.returncode
+    return Measurement(seconds, peak, child.returncode, peak_by_kind)
 
 
 def main() -> int:
@@ -106,8 +139,11 @@ def main() -> int:
                 "run",
                 stage,
             ]
-            seconds, peak, code = run_measured(cmd, REPO)
-            print(f"{stage:<12} {seconds:>8.1f} {peak / 2**20:>9.0f}", flush=True)
+            seconds, peak, code, _ = measured = run_measured(cmd, REPO)
+            print(
+                f"{stage:<12} {seconds:>8.1f} {peak / 2**20:>9.0f}  ({measured.peak_parts()})",
+                flush=True,
+            )
             if code:
                 print(f"bench: stage {stage} failed (exit {code})", file=sys.stderr)
                 return code

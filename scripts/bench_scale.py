@@ -75,8 +75,11 @@ def run_size(
     results: dict[str, tuple[float, int]] = {}
     for stage in stages:
         cmd = [sys.executable, "-m", "src.supervisor", "--params", str(params), "run", stage]
-        seconds, peak, code = run_measured(cmd, root)
-        print(f"  {stage:<12} {seconds:>8.1f} s {peak / 2**20:>8.0f} MiB", flush=True)
+        seconds, peak, code, _ = measured = run_measured(cmd, root)
+        print(
+            f"  {stage:<12} {seconds:>8.1f} s {peak / 2**20:>8.0f} MiB  ({measured.peak_parts()})",
+            flush=True,
+        )
         if code:
             raise SystemExit(f"bench-scale: {stage} failed at {rows} rows (exit {code})")
         results[stage] = (seconds, peak)

@@ -14,15 +14,17 @@ LOUD = "import sys; sys.stderr.write('x' * 1_000_000 + 'end of log'); sys.exit({
 
 @pytest.mark.timeout(60)
 def test_a_stage_writing_more_than_a_pipe_holds_finishes(tmp_path: Path) -> None:
-    seconds, peak, code = run_measured([sys.executable, "-c", LOUD.format(code=0)], tmp_path)
-    assert code == 0 and seconds > 0 and peak > 0
+    measured = run_measured([sys.executable, "-c", LOUD.format(code=0)], tmp_path)
+    assert measured.code == 0 and measured.seconds > 0 and measured.peak > 0
+    # One process, no children: the peak is the driver's alone.
+    assert measured.peak_by_kind == {"driver": measured.peak}
 
 
 @pytest.mark.timeout(60)
 def test_a_failed_stage_shows_the_end_of_its_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, _, code = run_measured([sys.executable, "-c", LOUD.format(code=3)], tmp_path)
+    _, _, code, _ = run_measured([sys.executable, "-c", LOUD.format(code=3)], tmp_path)
     err = capsys.readouterr().err
     assert code == 3 and err.endswith("end of log") and len(err) == 2000
 
