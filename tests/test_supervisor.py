@@ -92,6 +92,58 @@ def test_truncated_download_leaves_raw_untouched(kaggle_stub: KaggleStub, tmp_pa
     assert not (tmp_path / "reports" / "fetch.json").exists()
 
 
+def _fill_the_disk(target: Path, **_: object) -> int:
+    """Half a file at `target`, then a write the OS refuses for want of space (/dev/full)."""
+    target.write_bytes(b"id,loan_amnt\n1,1000\n")
+    with open("/dev/full", "wb") as full:
+        full.write(b"x" * 2**16)
+        full.flush()
+    return 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this OS")
+def test_a_full_disk_is_one_clear_line_and_keeps_the_previous_output(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import src.pipelines.acquisition.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "write_synthetic_loans", _fill_the_disk)
+    params = write_params(tmp_path, {"data": {"source": "synthetic"}})
+    raw_dir = tmp_path / "data" / "raw"
+    raw_dir.mkdir(parents=True)
+    (raw_dir / "loans.csv.gz").write_bytes(OLD_RAW)
+    assert main(["--params", str(params), "run", "fetch"]) == 2
+    assert plain_lines(capsys.readouterr().err) == [
+        "error: fetch: a disk is full (No space left on device); the previous outputs are "
+        "unchanged. Free space where the project, TMPDIR and spark.local.dir live, then rerun"
+    ]
+    # One attempt: retrying cannot free space. The half-written file is gone, the old one kept.
+    assert len([e for e in events(tmp_path) if e["event"] == "stage.start"]) == 1
+    assert [p.name for p in raw_dir.iterdir()] == ["loans.csv.gz"]
+    assert (raw_dir / "loans.csv.gz").read_bytes() == OLD_RAW
+    assert not (tmp_path / "reports" / "fetch.json").exists()
+
+
+def test_a_full_disk_on_an_executor_is_named_as_such(spark) -> None:
+    """The same refusal raised inside a Spark task reaches the driver as Spark's own exception."""
+    from pyspark.sql import functions as F
+
+    from src.utils.errors import PermanentError, as_pipeline_error, is_transient
+
+    # No type hints: pyspark would read them as a pandas UDF's.
+    @F.udf("long")
+    def spill(_):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/blockmgr/shuffle_0_0.data")
+
+    with pytest.raises(Exception) as failed:
+        spark.range(4).select(spill("id")).collect()
+    named = as_pipeline_error(failed.value, "prep")
+    assert isinstance(named, PermanentError) and not is_transient(failed.value)
+    assert str(named).startswith("prep: a disk is full (No space left on device)")
+
+
 def test_bad_input_file_is_one_clear_line(tmp_path, capsys) -> None:
     params = write_params(tmp_path, {"data": {"source": "file", "file_path": "nowhere.csv.gz"}})
     assert main(["--params", str(params), "run", "fetch"]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose; its message is one clear line."""
@@ -34,6 +36,8 @@ TRANSIENT_CODES = frozenset(
 # What MLflow puts in a message when it wraps a network error without chaining it.
 _NETWORK_TEXT = ("Max retries exceeded", "Connection refused", "Connection reset", "timed out")
 _MAX_ERROR_CHARS = 300
+# How a full disk reads once Spark has carried it from an executor or the JVM to Python.
+_DISK_FULL_TEXT = "No space left on device"
 
 
 def short_error(exc: BaseException) -> str:
@@ -89,13 +93,27 @@ def is_transient(exc: BaseException) -> bool:
     return _is_mlflow_error(exc) and any(marker in text for marker in _NETWORK_TEXT)
 
 
-def as_pipeline_error(exc: BaseException, what: str) -> PipelineError | None:
-    """Name a library fault: transient (network, 5xx) or permanent (an MLflow refusal), else None.
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc`, or what caused it, is a write refused for want of disk space."""
+    return any(
+        (isinstance(link, OSError) and link.errno == errno.ENOSPC) or _DISK_FULL_TEXT in str(link)
+        for link in _chain(exc)
+    )
 
-    `what` says what was being done ("train_sup", "create a version of credit-risk-default").
+
+def as_pipeline_error(exc: BaseException, what: str) -> PipelineError | None:
+    """Name a library fault: transient (network, 5xx) or permanent (a full disk, an MLflow
+    refusal), else None. `what` says what was being done ("train_sup", "create a version of ...").
     """
     if isinstance(exc, PipelineError):
         return exc
+    if is_disk_full(exc):
+        # Spark's own message is pages of JVM trace with the cause at the bottom; the log event
+        # keeps it. Every output is renamed into place only when complete (atomic_path).
+        return PermanentError(
+            f"{what}: a disk is full ({_DISK_FULL_TEXT}); the previous outputs are unchanged. "
+            "Free space where the project, TMPDIR and spark.local.dir live, then rerun"
+        )
     if is_transient(exc):
         return TransientError(f"{what}: unreachable or overloaded service: {short_error(exc)}")
     if _is_mlflow_error(exc):
