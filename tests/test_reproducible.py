@@ -53,6 +53,39 @@ def test_prep_and_split_twice_give_the_same_bytes(
     assert "M.parquet/part-00000.parquet" in names
 
 
+def test_a_data_file_streams_through_re_encoding_in_batches_and_keeps_its_rows(
+    spark: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The driver re-encodes a written table batch by batch: row groups of the batch size, the
+    same rows in key order with Spark's schema, and the same bytes from a differently spread
+    input."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from src.utils import spark_io
+
+    monkeypatch.setattr(spark_io, "REENCODE_BATCH_ROWS", 1000)
+    rows = spark.range(4500).select(
+        F.format_string("%05d", "id").alias("loan_key"),
+        (F.col("id") * 0.5).alias("x"),
+        F.when(F.col("id") % 7 == 0, None).otherwise(F.col("id") % 3).alias("grade"),
+    )
+    files = []
+    for run, seed in (("a", 1), ("b", 2)):
+        spread = rows.repartition(3).orderBy(F.rand(seed))
+        spark_io.write_parquet_deterministic(spread, tmp_path / run, ["loan_key"])
+        files.append({p.name: p.read_bytes() for p in (tmp_path / run).iterdir()})
+    assert files[0] == files[1] and list(files[0]) == ["part-00000.parquet"]
+    meta = pq.ParquetFile(tmp_path / "a" / "part-00000.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000] * 4 + [500]
+    back = spark.read.parquet(str(tmp_path / "a"))
+    # Spark reads every file column back as nullable; names and types are what it kept.
+    assert [(f.name, f.dataType) for f in back.schema] == [
+        (f.name, f.dataType) for f in rows.schema
+    ]
+    assert [tuple(r) for r in back.collect()] == [tuple(r) for r in rows.orderBy("id").collect()]
+
+
 def _estimators() -> dict[str, Any]:
     """An estimator of every kind the pipelines save, but the one that test_dvc_pipeline already
     retrains in a new process and finds byte-identical (logistic)."""
