@@ -9,6 +9,7 @@ Spark applications with their executors); `make test-cluster` runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from pyspark.sql import functions as F
@@ -93,14 +95,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         assert down.returncode == 0, down.stdout + down.stderr
 
 
-def _on_cluster(cluster: dict[str, Any], root: Path, *args: str) -> float:
-    """One supervisor command on the cluster in its own process; returns its wall seconds."""
+def _supervisor_on_cluster(cluster: dict[str, Any], root: Path, *args: str) -> dict[str, Any]:
+    """subprocess arguments for one supervisor command of the project at `root` on the cluster."""
     env = {**os.environ, "SPARK_MASTER": cluster["url"]}
     env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "src.supervisor", "--params", str(root / "params.yaml"), *args]
+    return {"args": cmd, "cwd": root, "env": env, "text": True}
+
+
+def _on_cluster(cluster: dict[str, Any], root: Path, *args: str) -> float:
+    """One supervisor command on the cluster in its own process; returns its wall seconds."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "src.supervisor", "--params", str(root / "params.yaml"), *args],
-        cwd=root, env=env, capture_output=True, text=True, check=False,
+        **_supervisor_on_cluster(cluster, root, *args), capture_output=True, check=False
     )
     assert done.returncode == 0, f"{args} on the cluster failed:\n{done.stderr[-3000:]}"
     return round(time.perf_counter() - started, 1)
@@ -123,7 +130,9 @@ def cluster_run(
         cluster, root, "score", "--input", str(subsample_path), "--output", str(root / "scored"),
         "--model", str(serving_bundles.api_bundle),
     )
-    return {"cfg": load_config(params), "seconds": seconds, "scored": root / "scored"}
+    return {
+        "cfg": load_config(params), "root": root, "seconds": seconds, "scored": root / "scored"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +245,73 @@ def test_score_on_the_cluster_equals_local_mode(
     assert remote.schema == local.schema
     assert remote.count() == local.count() > 0
     assert remote.exceptAll(local).isEmpty() and local.exceptAll(remote).isEmpty()
+
+
+def _executors(app_id: str) -> list[psutil.Process]:
+    """The executor JVMs the workers launched for application `app_id`."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = p.info["cmdline"] or []
+        if any("CoarseGrainedExecutorBackend" in part for part in cmdline) and app_id in cmdline:
+            found.append(p)
+    return found
+
+
+def _running_python(executor: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return any("pyspark" in " ".join(c.cmdline()) for c in executor.children(recursive=True))
+    return False
+
+
+def test_an_executor_killed_while_score_runs_costs_time_not_rows(
+    cluster: dict[str, Any],
+    cluster_run: dict[str, Any],
+    serving_bundles: ServingBundles,
+    subsample_path: Path,
+    spark: Any,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of an executor running scoring tasks: Spark reruns the lost tasks, cached blocks
+    and shuffle output on what is left, and the output is the undisturbed run's, row for row."""
+    params = yaml.safe_load((cluster_run["root"] / "params.yaml").read_text())
+    # Progress five times a second and several output files, so the kill lands mid-stage.
+    override = {"spark": {"progress_interval_s": 0.2}, "score": {"rows_per_file": 2000}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, override)))
+    out = tmp_path / "scored"
+    run = subprocess.Popen(
+        **_supervisor_on_cluster(
+            cluster, tmp_path, "score", "--input", str(subsample_path), "--output", str(out),
+            "--model", str(serving_bundles.api_bundle),
+        ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert run.stderr is not None
+    app_id, killed, before = None, None, []
+    try:
+        for line in run.stderr:
+            before.append(line)
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "spark.session":
+                app_id = event["app_id"]
+            scoring = event.get("event") == "score.progress" and event.get("phase") == "score"
+            if app_id and scoring and any(s["running"] for s in event["stages"]):
+                busy = [e for e in _executors(app_id) if _running_python(e)]
+                if busy:
+                    killed = busy[0]
+                    killed.kill()
+                    break
+        after = run.stderr.read()
+    finally:
+        run.wait(timeout=600)
+    log = "".join(before) + after
+    assert killed is not None, f"never saw an executor running scoring tasks:\n{log[-3000:]}"
+    assert run.returncode == 0, f"score after the kill failed:\n{log[-3000:]}"
+    assert "Lost executor" in after, after[-3000:]
+    remote = spark.read.parquet(str(out))
+    undisturbed = spark.read.parquet(str(cluster_run["scored"]))
+    assert remote.count() == undisturbed.count() > 0
+    assert remote.exceptAll(undisturbed).isEmpty() and undisturbed.exceptAll(remote).isEmpty()
+    executors = [
+        d.name for w in ("worker-1", "worker-2") for d in (cluster["dir"] / w / app_id).iterdir()
+    ]
+    print(f"\nexecutor {killed.pid} killed mid-score; the application's executors: {executors}")
