@@ -70,10 +70,11 @@ class Measurement(NamedTuple):
     code: int
     peak_by_kind: dict[str, int]
 
-    def peak_parts(self) -> str:
-        """`jvm 5.1G + workers 2.0G + driver 0.2G`: the peak's make-up, largest first."""
-        parts = sorted(self.peak_by_kind.items(), key=lambda kv: -kv[1])
-        return " + ".join(f"{kind} {size / 2**30:.1f}G" for kind, size in parts)
+
+def peak_parts(by_kind: dict[str, int]) -> str:
+    """`jvm 5.1G + workers 2.0G + driver 0.2G`: a peak's make-up, largest first."""
+    parts = sorted(by_kind.items(), key=lambda kv: -kv[1])
+    return " + ".join(f"{kind} {size / 2**30:.1f}G" for kind, size in parts)
 
 
 def run_measured(cmd: list[str], cwd: Path) -> Measurement:
@@ -139,9 +140,9 @@ def main() -> int:
                 "run",
                 stage,
             ]
-            seconds, peak, code, _ = measured = run_measured(cmd, REPO)
+            seconds, peak, code, by_kind = run_measured(cmd, REPO)
             print(
-                f"{stage:<12} {seconds:>8.1f} {peak / 2**20:>9.0f}  ({measured.peak_parts()})",
+                f"{stage:<12} {seconds:>8.1f} {peak / 2**20:>9.0f}  ({peak_parts(by_kind)})",
                 flush=True,
             )
             if code:

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import yaml
 
-from scripts.bench import run_measured
+from scripts.bench import peak_parts, run_measured
 from src.utils.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,9 +75,9 @@ def run_size(
     results: dict[str, tuple[float, int]] = {}
     for stage in stages:
         cmd = [sys.executable, "-m", "src.supervisor", "--params", str(params), "run", stage]
-        seconds, peak, code, _ = measured = run_measured(cmd, root)
+        seconds, peak, code, by_kind = run_measured(cmd, root)
         print(
-            f"  {stage:<12} {seconds:>8.1f} s {peak / 2**20:>8.0f} MiB  ({measured.peak_parts()})",
+            f"  {stage:<12} {seconds:>8.1f} s {peak / 2**20:>8.0f} MiB  ({peak_parts(by_kind)})",
             flush=True,
         )
         if code:
