@@ -59,11 +59,6 @@ def tree_memory_by_kind(proc: psutil.Process) -> dict[str, int]:
     return parts
 
 
-def tree_memory(proc: psutil.Process) -> int:
-    """Bytes of memory of a process and all its descendants (PSS, see _memory)."""
-    return sum(tree_memory_by_kind(proc).values())
-
-
 class Measurement(NamedTuple):
     seconds: float
     peak: int
@@ -91,8 +86,8 @@ def run_measured(cmd: list[str], cwd: Path) -> Measurement:
                 parts = tree_memory_by_kind(proc)
             except psutil.NoSuchProcess:
                 break
-            if sum(parts.values()) > peak:
-                peak, peak_by_kind = sum(parts.values()), parts
+            if (total := sum(parts.values())) > peak:
+                peak, peak_by_kind = total, parts
             time.sleep(SAMPLE_INTERVAL_S)
         child.wait()
         seconds = time.perf_counter() - started

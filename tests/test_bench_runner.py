@@ -45,7 +45,7 @@ def test_tree_memory_counts_pages_a_fork_shares_once() -> None:
 
     import psutil
 
-    from scripts.bench import tree_memory
+    from scripts.bench import tree_memory_by_kind
 
     parent = subprocess.Popen([sys.executable, "-c", FORKED], stdout=subprocess.PIPE, text=True)
     try:
@@ -57,7 +57,7 @@ def test_tree_memory_counts_pages_a_fork_shares_once() -> None:
         summed_rss = sum(p.memory_info().rss for p in tree)
         assert len(tree) == 2 and summed_rss > 600 * 2**20
         # Summed RSS holds the 300 MiB twice; the tree's PSS once.
-        assert tree_memory(proc) < summed_rss - 250 * 2**20
+        assert sum(tree_memory_by_kind(proc).values()) < summed_rss - 250 * 2**20
     finally:
         for p in psutil.Process(parent.pid).children(recursive=True):
             p.kill()
